@@ -1,0 +1,97 @@
+"""cio-mparticle-relay: Customer.io reporting webhooks -> mParticle custom events."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask
+
+from app.config import ConfigError, Settings, load_settings
+from app.errors import register_error_handlers
+from app.logs import configure_logging
+from app.services import init_services, services
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ConfigError", "create_app"]
+
+
+def create_app(
+    settings: Settings | None = None, *, redis_client: Any = None, role: str = "web"
+) -> Flask:
+    """Build the relay app: config, logging, services, blueprints, error handlers, CLI.
+
+    ``role`` says which checks apply: "web" needs signing keys (and, on the embedded
+    default, mParticle credentials or dry-run, since the worker runs inside it); "cli"
+    checks only what each command needs.
+    """
+    settings = settings or load_settings()
+    configure_logging(settings.logging["level"], settings.logging["format"])
+    if role == "web":
+        _check_web_settings(settings)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook["max_body_bytes"]
+    init_services(app, settings, redis_client)
+    _register_blueprints(app)
+    register_error_handlers(app)
+    _register_cli(app)
+    if settings.embedded and role == "web":
+        _start_embedded_worker_on_first_request(app)
+    return app
+
+
+def _check_web_settings(settings: Settings) -> None:
+    settings.require_signing_keys()
+    if settings.embedded:
+        settings.require_mparticle()
+    if not settings.webhook["require_signature"]:
+        logger.warning(
+            "SIGNATURE CHECKS ARE OFF ([webhook] require_signature = false): anyone who can "
+            "reach this service can inject events into mParticle"
+        )
+    if settings.mparticle["dry_run"]:
+        logger.warning("[mparticle] dry_run is on: batches are logged, nothing is sent")
+
+
+def _register_blueprints(app: Flask) -> None:
+    from app.admin.api import blueprint as admin_api
+    from app.health import blueprint as health
+    from app.webhooks.views import blueprint as webhooks
+
+    app.register_blueprint(webhooks)
+    app.register_blueprint(health)
+    app.register_blueprint(admin_api)
+
+
+def _register_cli(app: Flask) -> None:
+    from app.cli import register_commands
+
+    register_commands(app)
+
+
+def _start_embedded_worker_on_first_request(app: Flask) -> None:
+    """On the embedded default the worker is a thread of the web process.
+
+    It starts with the first request, so it runs in the serving process (after
+    gunicorn forks) and never in a CLI command that merely loads the app.
+    """
+    lock = threading.Lock()
+
+    @app.before_request
+    def start_worker_once() -> None:
+        if "worker_thread" in services(app).extras:
+            return
+        with lock:
+            if "worker_thread" in services(app).extras:
+                return
+            from app.runner import build_worker
+
+            worker = build_worker(app)
+            thread = threading.Thread(target=worker.run, name="relay-worker", daemon=True)
+            services(app).extras["worker"] = worker
+            services(app).extras["worker_thread"] = thread
+            thread.start()
+            logger.info("embedded worker started in this process")

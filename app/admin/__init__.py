@@ -1,0 +1,1 @@
+"""Admin and support surfaces: the bearer-token API (and, later, the console)."""

@@ -1,0 +1,156 @@
+"""Admin API under /admin, behind ``Authorization: Bearer $RELAY_ADMIN_TOKEN``.
+
+Off (404) when no token is configured; 401 without the right token. Thin over the
+same functions the CLI uses.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, request
+from marshmallow import Schema, ValidationError, fields
+
+from app import deadletters, stories
+from app.errors import json_response
+from app.services import services
+from app.toggles import UnknownEventTypeError
+
+blueprint = Blueprint("admin_api", __name__, url_prefix="/admin")
+
+
+@blueprint.before_request
+def require_admin_token() -> Response | None:
+    """404 when the admin API is off; 401 unless the bearer token matches."""
+    token = services(current_app).settings.secrets.admin_token
+    if not token:
+        abort(404)
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode("utf-8", "replace"), token.encode("utf-8")
+    ):
+        response = json_response(
+            {"error": "unauthorized", "details": "send Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
+            401,
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cio-mparticle-relay"'
+        return response
+    return None
+
+
+@blueprint.get("/dedup/<path:event_id>")
+def event_story(event_id: str) -> Response:
+    """Seen?, when, TTL left, and where the event is now."""
+    relay = services(current_app)
+    story = stories.find_event(relay.redis, relay.keys, event_id)
+    if story is None:
+        return json_response(
+            {"error": "not found", "details": "this event_id was never accepted, or its mark "
+             "has expired", "event_id": event_id, "seen": False}, 404
+        )
+    return json_response(story, 200)
+
+
+@blueprint.get("/first/<path:delivery_id>")
+def delivery_flags(delivery_id: str) -> Response:
+    """The first-occurrence flags set for a delivery."""
+    relay = services(current_app)
+    return json_response(stories.first_flags(relay.redis, relay.keys, delivery_id), 200)
+
+
+@blueprint.get("/events")
+def list_event_types() -> Response:
+    """Every event type: enabled?, the file's default, the runtime override."""
+    rows = [toggle.as_dict() for toggle in services(current_app).toggles.list()]
+    return json_response({"events": rows}, 200)
+
+
+class ToggleChangeSchema(Schema):
+    """``{"events": {"email_opened": false, "push_sent": null}, "by": "alice"}``;
+    null drops the override. A flat ``{"email_opened": false}`` is accepted too."""
+
+    events = fields.Dict(
+        keys=fields.String(),
+        values=fields.Boolean(allow_none=True, truthy={True}, falsy={False}),
+        required=True,
+    )
+    by = fields.String(load_default="admin-api")
+
+
+@blueprint.put("/events")
+def change_event_types() -> Response:
+    """Turn event types on or off for every process (null: back to the default)."""
+    payload = request.get_json(silent=True)
+    if isinstance(payload, dict) and "events" not in payload:
+        payload = {"events": payload}
+    try:
+        change = ToggleChangeSchema().load(payload if isinstance(payload, dict) else {})
+    except ValidationError as exc:
+        return json_response({"error": "invalid request", "details": exc.normalized_messages()},
+                             400)
+    toggles = services(current_app).toggles
+    unknown = [name for name in change["events"] if not _is_known(toggles, name)]
+    if unknown:
+        return json_response(
+            {"error": "unknown event type", "details": {name: ["not a known Customer.io event "
+             "type"] for name in unknown}}, 400
+        )
+    actor = change["by"]
+    for name, enabled in change["events"].items():
+        if enabled is None:
+            toggles.reset(name, actor=actor)
+        else:
+            toggles.set(name, enabled, actor=actor)
+    return list_event_types()
+
+
+def _is_known(toggles: Any, name: str) -> bool:
+    try:
+        toggles.get(name)
+    except UnknownEventTypeError:
+        return False
+    return True
+
+
+@blueprint.get("/queue")
+def queue_state() -> Response:
+    """Length, pending, oldest age and dead letters."""
+    relay = services(current_app)
+    stats = relay.queue_stats()
+    stats["oldest_age_seconds"] = stories.oldest_age_seconds(relay.redis, relay.keys)
+    return json_response(stats, 200)
+
+
+@blueprint.get("/dead-letters")
+def dead_letters() -> Response:
+    """The newest dead letters, with reason and raw body."""
+    relay = services(current_app)
+    count = request.args.get("count", default=100, type=int)
+    letters = deadletters.list_dead_letters(relay.redis, relay.keys, max(1, min(count, 1000)))
+    return json_response({"dead_letters": letters}, 200)
+
+
+class ReplaySchema(Schema):
+    ids = fields.List(fields.String(), load_default=None)
+    all = fields.Boolean(load_default=False)
+
+
+@blueprint.post("/dead-letters/replay")
+def replay_dead_letters() -> Response:
+    """Queue dead letters again: ``{"ids": [...]}`` or ``{"all": true}``."""
+    try:
+        body = ReplaySchema().load(request.get_json(silent=True) or {})
+    except ValidationError as exc:
+        return json_response({"error": "invalid request", "details": exc.normalized_messages()},
+                             400)
+    if not body["all"] and not body["ids"]:
+        return json_response(
+            {"error": "invalid request", "details": 'give "ids": [...] or "all": true'}, 400
+        )
+    relay = services(current_app)
+    report = deadletters.replay_dead_letters(
+        relay.redis, relay.keys, None if body["all"] else body["ids"]
+    )
+    return json_response(report.as_dict(), 200)

@@ -1,0 +1,283 @@
+"""Commands for operators, admins and support: ``cio-relay <command>`` or
+``flask --app wsgi <command>``.
+
+Exit status: 0 success, 1 a reported problem (not found, refused credentials...),
+2 a usage error. Output is for people; ``--json`` gives scripts the same data.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import time
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from app import deadletters, stories
+from app.config import ConfigError
+from app.mparticle import AuthError, MParticleError
+from app.services import services
+
+
+def _relay() -> Any:
+    return services(current_app)
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else human)
+
+
+def _when(ms: Any) -> str:
+    if ms in (None, ""):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(ms) / 1000))
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@click.command("worker")
+@with_appcontext
+def worker_command() -> None:
+    """Relay queued events to mParticle until SIGTERM."""
+    from app.runner import run_worker_process
+
+    try:
+        run_worker_process(current_app._get_current_object())  # type: ignore[attr-defined]
+    except ConfigError as exc:
+        _fail(f"configuration error: {exc}")
+
+
+@click.command("check")
+@with_appcontext
+def check_command() -> None:
+    """Test the mParticle credentials, as Customer.io's "Connect" button does."""
+    relay = _relay()
+    if relay.settings.mparticle["dry_run"] and not relay.settings.has_mparticle_credentials:
+        click.echo("dry run: no mParticle credentials are configured; nothing would be sent")
+        return
+    if not relay.settings.has_mparticle_credentials:
+        _fail("MPARTICLE_API_KEY and MPARTICLE_API_SECRET are not set")
+    base_url = relay.settings.mparticle_base_url
+    try:
+        relay.mparticle_client().check_credentials()
+    except AuthError as exc:
+        _fail(f"mParticle refused the credentials (HTTP {exc.status}) at {base_url}")
+    except MParticleError as exc:
+        _fail(f"could not check the credentials at {base_url}: {exc}")
+    click.echo(f"mParticle accepted the credentials at {base_url}")
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+@click.group("events")
+def events_group() -> None:
+    """List event types and turn them on or off for every process."""
+
+
+@events_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def events_list(as_json: bool) -> None:
+    """Every known event type: enabled?, default, override, last change."""
+    rows = [toggle.as_dict() for toggle in _relay().toggles.list()]
+    lines = [f"{'EVENT TYPE':45} {'ENABLED':8} {'DEFAULT':8} SOURCE"]
+    for row in rows:
+        change = f" (by {row['changed_by']})" if row["changed_by"] else ""
+        lines.append(
+            f"{row['name']:45} {'yes' if row['enabled'] else 'no':8} "
+            f"{'on' if row['default'] else 'off':8} {row['source']}{change}"
+        )
+    _emit(rows, as_json, "\n".join(lines))
+
+
+def _known_event_type(_ctx: Any, _param: Any, value: str) -> str:
+    from app.catalog import CATALOG
+
+    if value not in CATALOG:
+        raise click.BadParameter(f"{value!r} is not a known Customer.io event type "
+                                 "(see 'events list')")
+    return value
+
+
+@events_group.command("enable")
+@click.argument("name", callback=_known_event_type)
+@with_appcontext
+def events_enable(name: str) -> None:
+    """Forward events of this type to mParticle."""
+    toggle = _relay().toggles.set(name, True, actor=_actor())
+    click.echo(f"{name}: enabled (default {'on' if toggle.default else 'off'})")
+
+
+@events_group.command("disable")
+@click.argument("name", callback=_known_event_type)
+@with_appcontext
+def events_disable(name: str) -> None:
+    """Stop forwarding events of this type (they are answered "ignored")."""
+    toggle = _relay().toggles.set(name, False, actor=_actor())
+    click.echo(f"{name}: disabled (default {'on' if toggle.default else 'off'})")
+
+
+@events_group.command("reset")
+@click.argument("name", callback=_known_event_type)
+@with_appcontext
+def events_reset(name: str) -> None:
+    """Drop the runtime override; the settings file decides again."""
+    toggle = _relay().toggles.reset(name, actor=_actor())
+    click.echo(f"{name}: back to the default ({'on' if toggle.enabled else 'off'})")
+
+
+# -- dedup -----------------------------------------------------------------------------
+
+
+@click.group("dedup")
+def dedup_group() -> None:
+    """Look up dedup marks and first-occurrence flags."""
+
+
+@dedup_group.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def dedup_show(event_id: str, as_json: bool) -> None:
+    """Did this Customer.io event arrive, and where is it now?"""
+    relay = _relay()
+    story = stories.find_event(relay.redis, relay.keys, event_id)
+    if story is None:
+        _emit({"event_id": event_id, "seen": False}, as_json,
+              f"{event_id}: not seen (never accepted, or its mark expired)")
+        sys.exit(1)
+    lines = [
+        f"event      {event_id}",
+        f"type       {story.get('event', '-')}",
+        f"status     {story.get('status')}",
+        f"where      {story.get('where')}",
+        f"received   {_when(story.get('received_at_ms'))}",
+    ]
+    if story.get("delivery_id"):
+        lines.append(f"delivery   {story['delivery_id']}")
+    if story.get("suppressed_by"):
+        lines.append(f"suppressed by the earlier event {story['suppressed_by']}")
+    if story.get("status_at_ms"):
+        lines.append(f"{story['status']:10} {_when(story['status_at_ms'])}")
+    if story.get("source_request_id"):
+        lines.append(f"mParticle  HTTP {story.get('mparticle_status')}, "
+                     f"source_request_id {story['source_request_id']}")
+    if story.get("dead_letter_reason"):
+        lines.append(f"reason     {story['dead_letter_reason']}")
+    lines.append(f"mark TTL   {story['ttl_seconds']}s")
+    _emit(story, as_json, "\n".join(lines))
+
+
+@dedup_group.command("first")
+@click.argument("delivery_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def dedup_first(delivery_id: str, as_json: bool) -> None:
+    """The first-occurrence flags set for a delivery."""
+    relay = _relay()
+    flags = stories.first_flags(relay.redis, relay.keys, delivery_id)
+    if not flags["flags"]:
+        _emit(flags, as_json, f"{delivery_id}: no first-occurrence flags set")
+        sys.exit(1)
+    lines = [f"delivery {delivery_id} (flags expire in {flags['ttl_seconds']}s)"]
+    lines += [f"  {name:40} first event {event_id}"
+              for name, event_id in sorted(flags["flags"].items())]
+    _emit(flags, as_json, "\n".join(lines))
+
+
+@dedup_group.command("forget")
+@click.argument("event_id")
+@with_appcontext
+def dedup_forget(event_id: str) -> None:
+    """Drop an event's dedup mark so Customer.io's next copy is accepted again."""
+    relay = _relay()
+    if not stories.forget_event(relay.redis, relay.keys, event_id):
+        _fail(f"{event_id}: no dedup mark to forget")
+    click.echo(f"{event_id}: dedup mark removed")
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+@click.group("dlq")
+def dlq_group() -> None:
+    """Read and replay dead letters."""
+
+
+@dlq_group.command("list")
+@click.option("--count", default=50, show_default=True, help="How many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def dlq_list(count: int, as_json: bool) -> None:
+    """The newest dead letters with their reasons."""
+    relay = _relay()
+    letters = deadletters.list_dead_letters(relay.redis, relay.keys, count)
+    lines = [f"{len(letters)} dead letters"] + [
+        f"{letter['id']}  {letter.get('at', '-')}  {letter.get('kind', '?'):11} "
+        f"{letter.get('event_id') or '-':28} {letter.get('reason', '')}"
+        + (f" (HTTP {letter['status']})" if letter.get("status") else "")
+        for letter in letters
+    ]
+    _emit(letters, as_json, "\n".join(lines))
+
+
+@dlq_group.command("replay")
+@click.argument("ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@with_appcontext
+def dlq_replay(ids: tuple[str, ...], replay_all: bool) -> None:
+    """Queue dead letters again, through the same mapping and delivery."""
+    if bool(ids) == replay_all:
+        raise click.UsageError("give dead-letter ids, or --all")
+    relay = _relay()
+    report = deadletters.replay_dead_letters(
+        relay.redis, relay.keys, None if replay_all else list(ids)
+    )
+    click.echo(f"replayed {len(report.replayed)}")
+    for entry_id in report.not_found:
+        click.echo(f"not found: {entry_id}", err=True)
+    for entry_id, why in report.still_invalid.items():
+        click.echo(f"still not a valid webhook: {entry_id}: {why}", err=True)
+    if report.not_found or report.still_invalid:
+        sys.exit(1)
+
+
+COMMANDS = (worker_command, check_command, events_group, dedup_group, dlq_group)
+
+
+def register_commands(app: Flask) -> None:
+    """Make the commands available as ``flask --app wsgi <command>``."""
+    for command in COMMANDS:
+        app.cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point of the ``cio-relay`` console script."""
+    from app import create_app
+
+    try:
+        app = create_app(role="cli")
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(1)
+    group = FlaskGroup(
+        create_app=lambda: app, add_default_commands=False, add_version_option=False,
+        set_debug_flag=False, load_dotenv=False,
+        help="cio-mparticle-relay: operate the Customer.io -> mParticle relay.",
+    )
+    group(prog_name="cio-relay")

@@ -1,0 +1,257 @@
+"""Settings: ``settings.toml`` (or ``RELAY_SETTINGS``) plus the environment, checked once.
+
+This is the only module that reads ``os.environ``. Everything else receives a
+validated, typed :class:`Settings`. A bad value stops the process at start with one
+line naming the key (:class:`ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from app import catalog
+from app.mparticle import REGION_BASE_URLS
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings.toml"
+
+DAY = 24 * 60 * 60
+
+
+class ConfigError(Exception):
+    """Configuration is missing, malformed or contradictory; the message is one line."""
+
+
+class StrictBoolean(fields.Boolean):
+    """true or false, as TOML writes them; not "yes", 1 or "true"."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+def _positive_int(default: int) -> fields.Integer:
+    return fields.Integer(strict=True, load_default=default, validate=validate.Range(min=1))
+
+
+def _positive_float(default: float) -> fields.Float:
+    return fields.Float(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
+
+
+class _Section(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class WebhookSection(_Section):
+    require_signature = StrictBoolean(load_default=True)
+    timestamp_tolerance_seconds = _positive_int(300)
+    max_body_bytes = _positive_int(256 * 1024)
+
+
+class DedupSection(_Section):
+    first_occurrence_only = StrictBoolean(load_default=True)
+    event_ttl_seconds = _positive_int(8 * DAY)
+    first_occurrence_ttl_seconds = _positive_int(90 * DAY)
+
+
+class MParticleSection(_Section):
+    environment = fields.String(
+        load_default="production", validate=validate.OneOf(["production", "development"])
+    )
+    event_names = fields.String(
+        load_default="customerio", validate=validate.OneOf(catalog.NAMING_STYLES)
+    )
+    dry_run = StrictBoolean(load_default=False)
+    connect_timeout_seconds = _positive_float(3.05)
+    read_timeout_seconds = _positive_float(10.0)
+
+
+class RelaySection(_Section):
+    queue_shards = fields.Integer(
+        strict=True, load_default=4, validate=validate.Range(min=1, max=1024)
+    )
+    read_count = _positive_int(500)
+    poll_interval_seconds = _positive_float(0.2)
+    max_batches_per_request = fields.Integer(
+        strict=True, load_default=100, validate=validate.Range(min=1, max=100)
+    )
+    max_request_bytes = fields.Integer(
+        strict=True, load_default=256 * 1024, validate=validate.Range(min=1024, max=256 * 1024)
+    )
+    max_batch_bytes = fields.Integer(
+        strict=True, load_default=128 * 1024, validate=validate.Range(min=1024, max=128 * 1024)
+    )
+    claim_idle_seconds = _positive_int(60)
+    retry_base_seconds = _positive_float(1.0)
+    retry_max_seconds = _positive_float(300.0)
+    auth_recheck_seconds = _positive_float(60.0)
+    dead_letter_max_entries = _positive_int(100_000)
+
+
+class RedisSection(_Section):
+    key_prefix = fields.String(load_default="cior", validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
+    socket_timeout_seconds = _positive_float(2.0)
+    toggle_refresh_seconds = _positive_float(1.0)
+
+
+class LoggingSection(_Section):
+    level = fields.String(
+        load_default="INFO", validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])
+    )
+    format = fields.String(load_default="json", validate=validate.OneOf(["json", "text"]))
+
+
+SECTIONS: dict[str, type[Schema]] = {
+    "webhook": WebhookSection,
+    "dedup": DedupSection,
+    "mparticle": MParticleSection,
+    "relay": RelaySection,
+    "redis": RedisSection,
+    "logging": LoggingSection,
+}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Credentials from the environment; repr never shows them."""
+
+    signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    mparticle_api_key: str = field(default="", repr=False)
+    mparticle_api_secret: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the relay reads, validated and typed."""
+
+    webhook: dict[str, Any]
+    events: dict[str, bool]
+    dedup: dict[str, Any]
+    mparticle: dict[str, Any]
+    relay: dict[str, Any]
+    redis: dict[str, Any]
+    logging: dict[str, Any]
+    redis_url: str | None
+    mparticle_base_url: str
+    secrets: Secrets
+    source: str
+
+    @property
+    def embedded(self) -> bool:
+        """True when no REDIS_URL is set: in-process store, worker as a thread."""
+        return self.redis_url is None
+
+    @property
+    def has_mparticle_credentials(self) -> bool:
+        return bool(self.secrets.mparticle_api_key and self.secrets.mparticle_api_secret)
+
+    def require_signing_keys(self) -> None:
+        """Stop a web process that would have to accept unsigned requests."""
+        if self.webhook["require_signature"] and not self.secrets.signing_keys:
+            raise ConfigError(
+                "CIO_WEBHOOK_SIGNING_KEYS is not set, but [webhook] require_signature is true: "
+                "set the Customer.io signing key(s)"
+            )
+
+    def require_mparticle(self) -> None:
+        """Stop a relaying process that has neither credentials nor explicit dry-run."""
+        if not self.has_mparticle_credentials and not self.mparticle["dry_run"]:
+            raise ConfigError(
+                "MPARTICLE_API_KEY and MPARTICLE_API_SECRET are not set: set both, "
+                "or set [mparticle] dry_run = true to only log what would be sent"
+            )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings file and the environment; raise ConfigError naming the bad key."""
+    env = os.environ if environ is None else environ
+    path = Path(env.get("RELAY_SETTINGS") or DEFAULT_SETTINGS_FILE)
+    raw = _read_toml(path)
+    unknown_sections = set(raw) - set(SECTIONS) - {"events"}
+    if unknown_sections:
+        raise ConfigError(f"{path}: unknown section [{sorted(unknown_sections)[0]}]")
+    sections = {name: _load_section(path, name, schema, raw.get(name, {}))
+                for name, schema in SECTIONS.items()}
+    return Settings(
+        events=_load_events(path, raw.get("events", {})),
+        redis_url=env.get("REDIS_URL") or None,
+        mparticle_base_url=_mparticle_base_url(env),
+        secrets=_load_secrets(env),
+        source=str(path),
+        **sections,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"settings file not found: {path} (RELAY_SETTINGS)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _load_section(path: Path, name: str, schema: type[Schema], values: Any) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    try:
+        return schema().load(values)
+    except ValidationError as exc:
+        key, messages = next(iter(exc.normalized_messages().items()))
+        message = messages[0] if isinstance(messages, list) else messages
+        raise ConfigError(f"{path}: [{name}] {key}: {message}") from None
+
+
+def _load_events(path: Path, values: Any) -> dict[str, bool]:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: [events] must be a table")
+    toggles = catalog.default_toggles()
+    for name, enabled in values.items():
+        if name not in toggles:
+            raise ConfigError(f"{path}: [events] {name}: not a known Customer.io event type")
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{path}: [events] {name}: must be true or false")
+        toggles[name] = enabled
+    return toggles
+
+
+def _mparticle_base_url(env: Mapping[str, str]) -> str:
+    override = env.get("MPARTICLE_BASE_URL", "").strip()
+    if override:
+        if not override.startswith(("http://", "https://")):
+            raise ConfigError("MPARTICLE_BASE_URL must start with http:// or https://")
+        return override.rstrip("/")
+    region = env.get("MPARTICLE_REGION", "").strip() or "us1"
+    if region not in REGION_BASE_URLS:
+        allowed = ", ".join(REGION_BASE_URLS)
+        raise ConfigError(f"MPARTICLE_REGION={region!r} is not one of {allowed}")
+    return REGION_BASE_URLS[region]
+
+
+def _load_secrets(env: Mapping[str, str]) -> Secrets:
+    keys = tuple(
+        key.strip().encode() for key in env.get("CIO_WEBHOOK_SIGNING_KEYS", "").split(",")
+        if key.strip()
+    )
+    api_key = env.get("MPARTICLE_API_KEY", "").strip()
+    api_secret = env.get("MPARTICLE_API_SECRET", "").strip()
+    if bool(api_key) != bool(api_secret):
+        missing = "MPARTICLE_API_SECRET" if api_key else "MPARTICLE_API_KEY"
+        raise ConfigError(f"{missing} is not set: mParticle needs both the key and the secret")
+    return Secrets(
+        signing_keys=keys,
+        mparticle_api_key=api_key,
+        mparticle_api_secret=api_secret,
+        admin_token=env.get("RELAY_ADMIN_TOKEN", "").strip(),
+    )

@@ -1,0 +1,67 @@
+"""Every Redis key the relay writes, in one place.
+
+Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag)::
+
+    cior:{q3}:queue               stream: accepted events waiting for mParticle
+    cior:{q3}:event:<event_id>    hash: dedup mark and story of one event (TTL 8 days)
+    cior:{q3}:first:<delivery_id> hash: event type -> first event_id (TTL 90 days)
+    cior:dead-letters             stream: events mParticle refused, quarantined payloads
+    cior:toggles                  hash: admins' event-type overrides
+    cior:mparticle:auth           string: set while mParticle refuses the credentials
+
+An event's mark, its delivery's first-occurrence flags and its queue entry share a
+hash tag, so the one script that writes them together runs on one Cluster node. The
+shard is chosen by hashing the person, so each person's events stay in order in one
+stream, and the same event always lands on the same shard (retries are deduplicated).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+CONSUMER_GROUP = "relay"
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Names of the relay's keys under one prefix, split into ``shards`` queue streams."""
+
+    prefix: str = "cior"
+    shards: int = 4
+
+    def shard_for(self, routing_key: str) -> int:
+        """Shard of a person (or whatever identifies the event's owner)."""
+        return zlib.crc32(routing_key.encode("utf-8")) % self.shards
+
+    def _tag(self, shard: int) -> str:
+        return f"{self.prefix}:{{q{shard}}}"
+
+    def queue(self, shard: int) -> str:
+        return f"{self._tag(shard)}:queue"
+
+    def queues(self) -> list[str]:
+        return [self.queue(shard) for shard in range(self.shards)]
+
+    def event(self, shard: int, event_id: str) -> str:
+        return f"{self._tag(shard)}:event:{event_id}"
+
+    def first(self, shard: int, delivery_id: str) -> str:
+        return f"{self._tag(shard)}:first:{delivery_id}"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dead-letters"
+
+    @property
+    def toggles(self) -> str:
+        return f"{self.prefix}:toggles"
+
+    @property
+    def toggle_changes(self) -> str:
+        return f"{self.prefix}:toggles:changes"
+
+    @property
+    def mparticle_auth(self) -> str:
+        """Set while mParticle refuses the credentials; /readyz reports not ready."""
+        return f"{self.prefix}:mparticle:auth"

@@ -1,0 +1,82 @@
+"""Prometheus metrics, one vocabulary with the contract's outcomes.
+
+Metric objects are module-level, as prometheus-client expects. Under gunicorn with
+``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn.conf.py sets it), every process writes its
+own files and ``/metrics`` adds them up. Queue depth and dead letters are read from
+Redis at scrape time, so they are true for the whole deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+
+class RelayMetrics:
+    """The counters and histograms the web and worker processes update."""
+
+    received = Counter("cio_relay_webhooks_received", "Webhook requests received")
+    outcomes = Counter(
+        "cio_relay_webhooks", "Webhooks answered, by outcome "
+        "(queued, duplicate, suppressed, ignored, quarantined)", ["outcome"]
+    )
+    rejected = Counter(
+        "cio_relay_webhooks_rejected", "Webhooks refused, by reason", ["reason"]
+    )
+    relayed = Counter("cio_relay_events_relayed", "Events mParticle accepted")
+    retried = Counter(
+        "cio_relay_requests_retried", "mParticle requests retried, by reason", ["reason"]
+    )
+    dead_lettered = Counter(
+        "cio_relay_events_dead_lettered", "Events moved to the dead-letter store, by reason",
+        ["reason"],
+    )
+    request_seconds = Histogram(
+        "cio_relay_mparticle_request_seconds", "Duration of POST /bulkevents",
+    )
+    relay_latency_seconds = Histogram(
+        "cio_relay_latency_seconds", "From webhook accepted to mParticle 202",
+        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    )
+
+
+class QueueCollector(Collector):
+    """Reads queue depth, pending entries and dead letters from Redis at scrape time."""
+
+    def __init__(self, queue_stats: Any) -> None:
+        self._queue_stats = queue_stats
+
+    def collect(self):
+        stats = self._queue_stats()
+        depth = GaugeMetricFamily("cio_relay_queue_depth", "Events queued, not yet relayed")
+        depth.add_metric([], stats["length"])
+        pending = GaugeMetricFamily(
+            "cio_relay_queue_pending", "Queued events a worker is sending right now"
+        )
+        pending.add_metric([], stats["pending"])
+        dead = GaugeMetricFamily("cio_relay_dead_letters", "Entries in the dead-letter store")
+        dead.add_metric([], stats["dead_letters"])
+        return [depth, pending, dead]
+
+
+def render_metrics(queue_stats: Any) -> bytes:
+    """The Prometheus text for this process (or all gunicorn workers) plus the queue."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        process_text = generate_latest(registry)
+    else:
+        process_text = generate_latest(REGISTRY)
+    queue_registry = CollectorRegistry()
+    queue_registry.register(QueueCollector(queue_stats))
+    return process_text + generate_latest(queue_registry)

@@ -1,0 +1,141 @@
+"""Builds the relay's services once per app and hands them out; the seam tests use.
+
+Everything that holds a connection (Redis, the HTTP session) is created here, never
+at import time, and kept on ``app.extensions["relay"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from flask import Flask
+
+from app.config import Settings
+from app.keys import CONSUMER_GROUP, KeySpace
+from app.metrics import RelayMetrics
+from app.mparticle import MParticleClient
+from app.store import EventStore
+from app.toggles import ToggleStore
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "relay"
+
+
+@dataclass
+class Services:
+    """The relay's long-lived objects for one app."""
+
+    settings: Settings
+    redis: Any
+    keys: KeySpace
+    event_store: EventStore
+    toggles: ToggleStore
+    metrics: RelayMetrics
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def mparticle_client(self) -> MParticleClient:
+        """The mParticle client over one pooled session (created on first use)."""
+        if "mparticle" not in self.extras:
+            config = self.settings
+            session = requests.Session()
+            self.extras["mparticle"] = MParticleClient(
+                session,
+                config.mparticle_base_url,
+                config.secrets.mparticle_api_key,
+                config.secrets.mparticle_api_secret,
+                connect_timeout=config.mparticle["connect_timeout_seconds"],
+                read_timeout=config.mparticle["read_timeout_seconds"],
+            )
+        return self.extras["mparticle"]
+
+    def queue_stats(self) -> dict[str, int]:
+        """Length, pending and dead letters, summed over the queue's shards."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in self.keys.queues():
+            pipe.xlen(queue)
+        pipe.xlen(self.keys.dead_letters)
+        *lengths, dead = pipe.execute()
+        pending = 0
+        for queue in self.keys.queues():
+            try:
+                pending += int(self.redis.xpending(queue, CONSUMER_GROUP)["pending"])
+            except Exception as exc:  # no group yet: nothing is pending
+                if "NOGROUP" not in str(exc):
+                    raise
+        return {"length": sum(lengths), "pending": pending, "dead_letters": dead}
+
+
+def build_redis(settings: Settings) -> Any:
+    """A Redis client for REDIS_URL, or the embedded in-process store when it is unset."""
+    if settings.embedded:
+        import fakeredis
+
+        logger.warning(
+            "REDIS_URL is not set: using the embedded in-process store. Events live only in "
+            "this process's memory; this is for trying the relay, not for production."
+        )
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    timeout = settings.redis["socket_timeout_seconds"]
+    url = settings.redis_url or ""
+    options = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+    }
+    if url.startswith("redis+cluster://") or url.startswith("rediss+cluster://"):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    import redis
+
+    return redis.Redis.from_url(url, **options)
+
+
+def init_services(app: Flask, settings: Settings, redis_client: Any | None = None) -> Services:
+    """Create the services for this app (tests may pass their own Redis client)."""
+    client = redis_client if redis_client is not None else build_redis(settings)
+    keys = KeySpace(settings.redis["key_prefix"], settings.relay["queue_shards"])
+    services = Services(
+        settings=settings,
+        redis=client,
+        keys=keys,
+        event_store=EventStore(
+            client,
+            keys,
+            event_ttl_seconds=settings.dedup["event_ttl_seconds"],
+            first_occurrence_ttl_seconds=settings.dedup["first_occurrence_ttl_seconds"],
+            first_occurrence_only=settings.dedup["first_occurrence_only"],
+            dead_letter_max_entries=settings.relay["dead_letter_max_entries"],
+        ),
+        toggles=ToggleStore(
+            client, keys, settings.events, refresh_seconds=settings.redis["toggle_refresh_seconds"]
+        ),
+        metrics=RelayMetrics(),
+    )
+    app.extensions[EXTENSION] = services
+    return services
+
+
+def services(app: Flask) -> Services:
+    return app.extensions[EXTENSION]
+
+
+def settings(app: Flask) -> Settings:
+    return app.extensions[EXTENSION].settings
+
+
+def event_store(app: Flask) -> EventStore:
+    return app.extensions[EXTENSION].event_store
+
+
+def toggles(app: Flask) -> ToggleStore:
+    return app.extensions[EXTENSION].toggles
+
+
+def metrics(app: Flask) -> RelayMetrics:
+    return app.extensions[EXTENSION].metrics

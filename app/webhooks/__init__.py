@@ -1,0 +1,1 @@
+"""Receiving Customer.io reporting webhooks: signature, schema, the view."""
