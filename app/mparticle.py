@@ -48,7 +48,7 @@ AUTH_STATUSES = frozenset({401, 403})
 # An empty bulk: mParticle checks the credentials and has nothing to ingest.
 EMPTY_BULK = b"[]"
 
-_DELTA_SECONDS = re.compile(r"\d+")
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only, as RFC 9110 says
 
 
 class MParticleError(Exception):
@@ -202,6 +202,7 @@ class MParticleClient:
 
     @property
     def bulk_url(self) -> str:
+        """The Events API endpoint that takes up to 100 batches per request."""
         return f"{self.base_url}/bulkevents"
 
     def send_bulk(self, body: bytes) -> BulkResult:
