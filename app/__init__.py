@@ -47,6 +47,11 @@ def _check_web_settings(settings: Settings) -> None:
     settings.require_signing_keys()
     if settings.embedded:
         settings.require_mparticle()
+        logger.warning(
+            "REDIS_URL is not set: using the embedded in-process store with the worker as a "
+            "thread. Events live only in this process's memory; this is for trying the relay, "
+            "not for production."
+        )
     if not settings.webhook["require_signature"]:
         logger.warning(
             "SIGNATURE CHECKS ARE OFF ([webhook] require_signature = false): anyone who can "

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import with_appcontext
 
 from app import deadletters, stories
 from app.config import ConfigError
@@ -24,7 +24,14 @@ from app.services import services
 
 
 def _relay() -> Any:
-    return services(current_app)
+    """The app's services; refuses the embedded default, whose state lives in the web process."""
+    relay = services(current_app)
+    if relay.settings.embedded:
+        _fail(
+            "REDIS_URL is not set: commands read the relay's Redis, and the embedded default "
+            "keeps its state inside the web process"
+        )
+    return relay
 
 
 def _emit(data: Any, as_json: bool, human: str) -> None:
@@ -55,6 +62,7 @@ def worker_command() -> None:
     """Relay queued events to mParticle until SIGTERM."""
     from app.runner import run_worker_process
 
+    _relay()
     try:
         run_worker_process(current_app._get_current_object())  # type: ignore[attr-defined]
     except ConfigError as exc:
@@ -65,7 +73,7 @@ def worker_command() -> None:
 @with_appcontext
 def check_command() -> None:
     """Test the mParticle credentials, as Customer.io's "Connect" button does."""
-    relay = _relay()
+    relay = services(current_app)
     if relay.settings.mparticle["dry_run"] and not relay.settings.has_mparticle_credentials:
         click.echo("dry run: no mParticle credentials are configured; nothing would be sent")
         return
@@ -275,9 +283,9 @@ def main() -> None:
     except ConfigError as exc:
         click.echo(f"configuration error: {exc}", err=True)
         sys.exit(1)
-    group = FlaskGroup(
-        create_app=lambda: app, add_default_commands=False, add_version_option=False,
-        set_debug_flag=False, load_dotenv=False,
-        help="cio-mparticle-relay: operate the Customer.io -> mParticle relay.",
+    group = click.Group(
+        "cio-relay", commands=list(COMMANDS),
+        help="Operate the Customer.io -> mParticle relay (same as flask --app wsgi ...).",
     )
-    group(prog_name="cio-relay")
+    with app.app_context():
+        group(prog_name="cio-relay")

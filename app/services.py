@@ -74,10 +74,6 @@ def build_redis(settings: Settings) -> Any:
     if settings.embedded:
         import fakeredis
 
-        logger.warning(
-            "REDIS_URL is not set: using the embedded in-process store. Events live only in "
-            "this process's memory; this is for trying the relay, not for production."
-        )
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     timeout = settings.redis["socket_timeout_seconds"]
     url = settings.redis_url or ""
