@@ -81,8 +81,10 @@ def _batch_header(environment: str, source_request_id: str, identities: dict[str
 
 
 def _finish_batch(events: list[QueuedEvent], environment: str) -> Batch:
+    # The ids as a JSON list, not joined by a separator an event_id could itself contain
+    # (["a,b"] and ["a", "b"] must not share an id); ASCII, so any id can be hashed.
     source_request_id = str(
-        uuid.uuid5(BATCH_NAMESPACE, ",".join(event.event_id for event in events))
+        uuid.uuid5(BATCH_NAMESPACE, json.dumps([event.event_id for event in events]))
     )
     header = _batch_header(environment, source_request_id, events[0].identities)
     # The header ends in '"events":[]}'; the events go between its brackets.

@@ -38,12 +38,21 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class StrictFloat(fields.Float):
+    """A TOML number (3 or 3.05); not the string "3.05"."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def _positive_int(default: int) -> fields.Integer:
     return fields.Integer(strict=True, load_default=default, validate=validate.Range(min=1))
 
 
-def _positive_float(default: float) -> fields.Float:
-    return fields.Float(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
+def _positive_float(default: float) -> StrictFloat:
+    return StrictFloat(load_default=default, validate=validate.Range(min=0, min_inclusive=False))
 
 
 class _Section(Schema):
@@ -141,7 +150,8 @@ class Settings:
     relay: dict[str, Any]
     redis: dict[str, Any]
     logging: dict[str, Any]
-    redis_url: str | None
+    # A REDIS_URL may carry a password (redis://:secret@host): never in a repr or a log.
+    redis_url: str | None = field(repr=False)
     mparticle_base_url: str
     secrets: Secrets
     source: str
@@ -182,6 +192,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"{path}: unknown section [{sorted(unknown_sections)[0]}]")
     sections = {name: _load_section(path, name, schema, raw.get(name, {}))
                 for name, schema in SECTIONS.items()}
+    _check_relay_limits(path, sections["relay"])
     return Settings(
         events=_load_events(path, raw.get("events", {})),
         redis_url=env.get("REDIS_URL") or None,
@@ -211,6 +222,16 @@ def _load_section(path: Path, name: str, schema: type[Schema], values: Any) -> d
         key, messages = next(iter(exc.normalized_messages().items()))
         message = messages[0] if isinstance(messages, list) else messages
         raise ConfigError(f"{path}: [{name}] {key}: {message}") from None
+
+
+def _check_relay_limits(path: Path, relay: dict[str, Any]) -> None:
+    # A batch is never split across requests: the largest one must fit in a request,
+    # with the two brackets of the JSON array around it.
+    if relay["max_batch_bytes"] + 2 > relay["max_request_bytes"]:
+        raise ConfigError(
+            f"{path}: [relay] max_batch_bytes: must be less than max_request_bytes - 1, "
+            "so a full batch fits in one request"
+        )
 
 
 def _load_events(path: Path, values: Any) -> dict[str, bool]:

@@ -5,6 +5,7 @@ Pure functions: no Flask, no Redis, no I/O, so every rule here is unit-tested.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -22,6 +23,13 @@ COPIED_ATTRIBUTES = (
 )
 # Where an attribute may also be found under an older or alternative name.
 ATTRIBUTE_FALLBACKS = {"journey_id": "subject_id"}
+# Push events name their devices in ``recipients`` instead of ``recipient``: these
+# attributes come from the first entry, and from ``data`` only when it has none (push
+# "failed" events carry ``failure_message`` in ``data`` and no ``recipients``).
+PUSH_RECIPIENT_FIELDS = {
+    "recipient": "device_id", "failure_message": "failure_message",
+    "device_platform": "device_platform",
+}
 
 MAX_ATTRIBUTE_NAME = 256
 MAX_ATTRIBUTE_VALUE = 4096
@@ -33,7 +41,17 @@ class UnmappableEventError(ValueError):
 
 def source_message_id(event_id: str) -> str:
     """The stable mParticle message id of a Customer.io event: a UUIDv5 of its event_id."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, event_id))
+    return str(uuid.uuid5(EVENT_NAMESPACE, _utf8(event_id)))
+
+
+def _utf8(text: str) -> str:
+    """The text with any lone surrogate replaced by "?".
+
+    JSON may escape a lone surrogate (``"\\ud800"``) and Python decodes it, but UTF-8
+    cannot encode it: left in, it would make encoding the batch (or hashing a routing
+    key) raise on every pass, and the event would block its queue for good.
+    """
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _text(value: Any) -> str | None:
@@ -43,7 +61,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str) and value.strip():
-        return value.strip()
+        return _utf8(value.strip())
     return None
 
 
@@ -98,10 +116,14 @@ def delivery_id_of(webhook: dict[str, Any]) -> str | None:
 
 
 def _scalar(value: Any) -> str | int | float | bool | None:
-    if isinstance(value, bool | int | float):
+    if isinstance(value, bool | int):
         return value
+    if isinstance(value, float):
+        # JSON has no NaN or infinity (a body's 1e999 decodes to inf): mParticle would
+        # refuse the whole request, so the attribute is left out instead.
+        return value if math.isfinite(value) else None
     if isinstance(value, str):
-        return value[:MAX_ATTRIBUTE_VALUE] if value else None
+        return _utf8(value[:MAX_ATTRIBUTE_VALUE]) if value else None
     return None
 
 
@@ -109,23 +131,21 @@ def custom_attributes(webhook: dict[str, Any]) -> dict[str, Any]:
     """The event's custom attributes: ids, recipient and details, all scalars."""
     data = webhook.get("data") or {}
     attributes: dict[str, Any] = {
-        "source_message_id": str(webhook["event_id"])[:MAX_ATTRIBUTE_VALUE],
+        "source_message_id": _utf8(str(webhook["event_id"])[:MAX_ATTRIBUTE_VALUE]),
         "timestamp_unixtime_ms": int(webhook["timestamp"]) * 1000,
     }
     push_recipient = _first_push_recipient(data)
-    for name in COPIED_ATTRIBUTES:
-        value = data.get(name)
+    names = COPIED_ATTRIBUTES if push_recipient is None else (*COPIED_ATTRIBUTES, "device_platform")
+    for name in names:
+        value = None
+        if push_recipient is not None and name in PUSH_RECIPIENT_FIELDS:
+            value = _scalar(push_recipient.get(PUSH_RECIPIENT_FIELDS[name]))
+        if value is None:
+            value = _scalar(data.get(name))
         if value is None and name in ATTRIBUTE_FALLBACKS:
-            value = data.get(ATTRIBUTE_FALLBACKS[name])
-        if value is None and push_recipient is not None:
-            value = push_recipient.get("device_id" if name == "recipient" else name)
-        value = _scalar(value)
+            value = _scalar(data.get(ATTRIBUTE_FALLBACKS[name]))
         if value is not None:
             attributes[name] = value
-    if push_recipient is not None:
-        platform = _scalar(data.get("device_platform") or push_recipient.get("device_platform"))
-        if platform is not None:
-            attributes["device_platform"] = platform
     return attributes
 
 

@@ -16,15 +16,27 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 _TIMESTAMP_RANGE = validate.Range(min=1_000_000_000, max=9_999_999_999)
 
 
+def _encodable(value: str) -> None:
+    """Refuse a lone surrogate: JSON can escape one, but Redis keys must be UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Contains a lone surrogate; not valid Unicode text.") from None
+
+
 class ReportingWebhookSchema(Schema):
     """Envelope of one Customer.io reporting webhook."""
 
     class Meta:
         unknown = EXCLUDE
 
-    event_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    object_type = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    metric = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    event_id = fields.String(
+        required=True, validate=[validate.Length(min=1, max=200), _encodable]
+    )
+    object_type = fields.String(
+        required=True, validate=[validate.Length(min=1, max=64), _encodable]
+    )
+    metric = fields.String(required=True, validate=[validate.Length(min=1, max=128), _encodable])
     timestamp = fields.Integer(required=True, strict=True, validate=_TIMESTAMP_RANGE)
     data = fields.Dict(required=True)
 

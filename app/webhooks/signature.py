@@ -36,7 +36,9 @@ def verify_signature(
     if not signature:
         raise SignatureError("missing X-CIO-Signature header")
     timestamp = timestamp.strip()
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    # isdigit() alone also passes "²" or "١٢٣" (headers are Latin-1 text), which int()
+    # or the ASCII signing message would then choke on.
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise SignatureError("X-CIO-Timestamp is not unix seconds")
     if abs(now - int(timestamp)) > tolerance_seconds:
         raise SignatureError("X-CIO-Timestamp is outside the allowed tolerance")
