@@ -8,6 +8,7 @@ touching dedup marks, so the original's marks neither block nor are reset by it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,10 @@ from marshmallow import ValidationError
 from app import mapping
 from app.keys import KeySpace
 from app.webhooks.schemas import load_webhook
+
+# A whole stream entry id. Anything else is "not found": Redis refuses a malformed id
+# ("Invalid stream ID") and reads a bare "1700000000000" as every entry of that millisecond.
+_ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")
 
 
 @dataclass
@@ -61,7 +66,11 @@ def replay_dead_letters(
     else:
         entries = []
         for entry_id in ids:
-            found = redis.xrange(keys.dead_letters, entry_id, entry_id)
+            found = (
+                redis.xrange(keys.dead_letters, entry_id, entry_id)
+                if _ENTRY_ID.fullmatch(entry_id)
+                else []
+            )
             if found:
                 entries += found
             else:
@@ -80,3 +89,11 @@ def replay_dead_letters(
         pipe.execute()
         report.replayed.append(entry_id)
     return report
+
+
+def find_dead_letter(redis: Any, keys: KeySpace, entry_id: str) -> dict[str, Any] | None:
+    """One dead letter by its id, or None."""
+    if not _ENTRY_ID.fullmatch(entry_id):
+        return None
+    found = redis.xrange(keys.dead_letters, entry_id, entry_id)
+    return _letter(*found[0]) if found else None

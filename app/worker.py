@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from marshmallow import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -43,6 +44,7 @@ from app.config import Settings
 from app.keys import CONSUMER_GROUP, KeySpace
 from app.metrics import RelayMetrics
 from app.mparticle import AuthError, BulkResult, RejectedError, RetryableError
+from app.webhooks.schemas import load_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -243,15 +245,17 @@ class RelayWorker:
         for shard, entry_id, fields in entries:
             queue = self._keys.queue(shard)
             try:
-                webhook = json.loads(fields["b"])
-                event_id = str(webhook["event_id"])
-                name = f"{webhook['object_type']}_{webhook['metric']}"
-            except (KeyError, TypeError, ValueError):
+                # The view's own check again: an entry written by anything else (a hand,
+                # an older version) must become a dead letter, not stop the worker.
+                webhook = load_webhook(json.loads(fields["b"]))
+            except (KeyError, TypeError, ValueError, ValidationError):
                 placeholder = QueuedEvent(
                     queue, shard, entry_id, "", "", {}, {}, raw=str(fields.get("b", fields))
                 )
                 unusable.append((placeholder, DeadLetter("queue entry is not a reporting webhook")))
                 continue
+            event_id = webhook["event_id"]
+            name = f"{webhook['object_type']}_{webhook['metric']}"
             event_type = catalog.CATALOG.get(name)
             event_name = event_type.event_name(self._event_style) if event_type else name
             identities = mapping.person_identities(webhook)
@@ -291,8 +295,7 @@ class RelayWorker:
                     reason, exc.status or exc.reason, len(request.events), wait,
                     extra={"status": exc.status, "attempt": attempt},
                 )
-                self._keep_claimed(request)
-                self._sleep(wait)
+                self._wait_keeping_claim(request, wait)
                 continue
             except RejectedError as exc:
                 self._metrics.request_seconds.observe(time.perf_counter() - started)
@@ -313,6 +316,8 @@ class RelayWorker:
                 len(request.batches), exc.status,
             )
             for half in split_request(request):
+                if self._auth_blocked_until is not None:
+                    return  # credentials refused while splitting: the rest stays pending
                 self._deliver(half)
             return
         letter = DeadLetter(
@@ -326,6 +331,23 @@ class RelayWorker:
             self._relay["retry_max_seconds"], self._relay["retry_base_seconds"] * 2 ** (attempt - 1)
         )
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not security
+
+    def _wait_keeping_claim(self, request: BulkRequest, seconds: float) -> None:
+        """Wait before a retry, holding on to the entries all the while.
+
+        A wait (Retry-After, backoff up to retry_max_seconds) can outlast
+        claim_idle_seconds; without a renewed claim another worker would take the
+        entries over and send them while this one still means to.
+        """
+        renew_every = self._relay["claim_idle_seconds"] / 3
+        remaining = seconds
+        while True:
+            self._keep_claimed(request)
+            step = min(remaining, renew_every)
+            self._sleep(step)
+            remaining -= step
+            if remaining <= 0 or self.stopping:
+                return
 
     def _keep_claimed(self, request: BulkRequest) -> None:
         """Reset the entries' idle time so no other worker takes over what we still retry."""
@@ -368,6 +390,9 @@ class RelayWorker:
         """Ack and delete the sent entries and note in each story that it was relayed."""
         now_ms = int(self._clock() * 1000)
         pipe = self._redis.pipeline(transaction=False)
+        # mParticle took the credentials, so any "refused" flag is stale, e.g. one a worker
+        # set before it was restarted with the corrected secret; /readyz reads it.
+        pipe.delete(self._keys.mparticle_auth)
         for batch in request.batches:
             for event in batch.events:
                 pipe.xack(event.queue, CONSUMER_GROUP, event.entry_id)

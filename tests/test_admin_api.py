@@ -1,0 +1,290 @@
+"""The admin API (/admin/*) on the real Redis, behind the bearer token (CONTRACT §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from app.catalog import CATALOG
+from app.keys import CONSUMER_GROUP
+from app.runner import build_worker
+from app.services import services
+from tests.conftest import ADMIN_TOKEN
+from tests.support.webhooks import encode, signed_headers, webhook
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def send(client: Any, payload: Any = None, *, body: bytes | None = None) -> dict[str, Any]:
+    body = encode(payload) if body is None else body
+    response = client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
+    assert response.status_code in (200, 202)
+    return response.get_json()
+
+
+def dead_letter_an_event(app: Flask, client: Any) -> dict[str, Any]:
+    """Have the worker dead-letter an event that names no person; return the webhook."""
+    payload = webhook("sms", "delivered", customer_id=None, email=None, delivery_id=None)
+    send(client, payload)
+    build_worker(app).run(once=True)  # no HTTP: the event is dead-lettered before sending
+    return payload
+
+
+def queue_length(app: Flask) -> int:
+    return services(app).queue_stats()["length"]
+
+
+# -- access ----------------------------------------------------------------------------
+
+
+def test_the_admin_api_answers_404_when_no_admin_token_is_configured(make_settings, redis):
+    app = create_app(make_settings(RELAY_ADMIN_TOKEN=None), redis_client=redis)
+
+    response = app.test_client().get("/admin/queue", headers=AUTH)
+
+    assert response.status_code == 404
+    assert set(response.get_json()) == {"error", "details"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer not-the-token"},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+        {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+        {"Authorization": "Bearer "},
+    ],
+    ids=["none", "wrong-token", "wrong-scheme", "longer-token", "empty-token"],
+)
+def test_the_admin_api_answers_401_without_the_right_token(client, headers):
+    response = client.get("/admin/queue", headers=headers)
+
+    assert response.status_code == 401
+    assert set(response.get_json()) == {"error", "details"}
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_put_without_the_token_changes_nothing(client, app):
+    response = client.put("/admin/events", json={"events": {"email_opened": False}})
+
+    assert response.status_code == 401
+    assert services(app).toggles.get("email_opened").override is None
+
+
+# -- dedup -----------------------------------------------------------------------------
+
+
+def test_the_story_of_a_queued_event_says_seen_queued_when_and_ttl(client):
+    payload = webhook("email", "opened")
+    send(client, payload)
+
+    response = client.get(f"/admin/dedup/{payload['event_id']}", headers=AUTH)
+
+    assert response.status_code == 200
+    story = response.get_json()
+    assert story["seen"] is True
+    assert story["status"] == "queued"
+    assert story["event"] == "email_opened"
+    assert story["where"] == "waiting in the queue"
+    assert story["delivery_id"] == payload["data"]["delivery_id"]
+    assert isinstance(story["received_at_ms"], int)
+    assert 0 < story["ttl_seconds"] <= 8 * 24 * 3600
+
+
+def test_the_story_of_a_suppressed_event_names_the_first_one(client):
+    first = webhook("email", "opened", delivery_id="delivery-9")
+    second = webhook("email", "opened", delivery_id="delivery-9")
+    send(client, first)
+    send(client, second)
+
+    story = client.get(f"/admin/dedup/{second['event_id']}", headers=AUTH).get_json()
+
+    assert story["status"] == "suppressed"
+    assert story["suppressed_by"] == first["event_id"]
+
+
+def test_the_story_of_an_unknown_event_is_404_not_seen(client):
+    response = client.get("/admin/dedup/01NEVERSEEN", headers=AUTH)
+
+    assert response.status_code == 404
+    body = response.get_json()
+    assert body["seen"] is False
+    assert {"error", "details"} <= set(body)
+
+
+def test_the_first_occurrence_flags_of_a_delivery_name_each_types_first_event(client):
+    opened = webhook("email", "opened", delivery_id="delivery-5")
+    clicked = webhook("email", "clicked", delivery_id="delivery-5")
+    send(client, opened)
+    send(client, clicked)
+    send(client, webhook("email", "opened", delivery_id="delivery-5"))
+
+    response = client.get("/admin/first/delivery-5", headers=AUTH)
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["flags"] == {
+        "email_opened": opened["event_id"], "email_clicked": clicked["event_id"]
+    }
+    assert body["ttl_seconds"] > 0
+
+
+def test_a_delivery_with_no_flags_shows_none(client):
+    body = client.get("/admin/first/never-delivered", headers=AUTH).get_json()
+
+    assert body == {"delivery_id": "never-delivered", "flags": {}, "ttl_seconds": None}
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def test_the_event_list_shows_every_known_type_with_its_source(client):
+    response = client.get("/admin/events", headers=AUTH)
+
+    assert response.status_code == 200
+    rows = {row["name"]: row for row in response.get_json()["events"]}
+    assert set(rows) == set(CATALOG)
+    assert sum(row["enabled"] for row in rows.values()) == 20
+    assert rows["email_opened"]["source"] == "default"
+
+
+def test_a_type_turned_off_through_the_api_is_then_ignored_and_null_turns_it_back(client):
+    off = client.put(
+        "/admin/events", json={"events": {"email_opened": False}, "by": "alice"}, headers=AUTH
+    )
+    ignored = send(client, webhook("email", "opened"))
+    back = client.put("/admin/events", json={"events": {"email_opened": None}}, headers=AUTH)
+    queued = send(client, webhook("email", "opened"))
+
+    assert off.status_code == 200
+    row = {r["name"]: r for r in off.get_json()["events"]}["email_opened"]
+    assert (row["enabled"], row["source"], row["changed_by"]) == (False, "override", "alice")
+    assert ignored["status"] == "ignored"
+    assert back.status_code == 200
+    assert {r["name"]: r for r in back.get_json()["events"]}["email_opened"]["source"] == (
+        "default"
+    )
+    assert queued["status"] == "queued"
+
+
+def test_a_flat_mapping_of_names_is_accepted_too(client, app):
+    response = client.put("/admin/events", json={"email_drafted": True}, headers=AUTH)
+
+    assert response.status_code == 200
+    assert services(app).toggles.get("email_drafted").enabled is True
+
+
+def test_an_unknown_type_is_refused_400_and_no_other_change_is_made(client, app):
+    response = client.put(
+        "/admin/events",
+        json={"events": {"email_opened": False, "email_teleported": True}},
+        headers=AUTH,
+    )
+
+    assert response.status_code == 400
+    assert "email_teleported" in response.get_json()["details"]
+    assert services(app).toggles.get("email_opened").override is None
+
+
+@pytest.mark.parametrize(
+    "body", [{"events": {"email_opened": "no"}}, {"events": ["email_opened"]}, [1, 2]],
+    ids=["string-value", "list-of-names", "json-list"],
+)
+def test_a_malformed_change_is_refused_400(client, app, body):
+    response = client.put("/admin/events", json=body, headers=AUTH)
+
+    assert response.status_code == 400
+    assert set(response.get_json()) == {"error", "details"}
+    assert services(app).toggles.get("email_opened").override is None
+
+
+# -- queue and dead letters ------------------------------------------------------------
+
+
+def test_the_queue_shows_length_pending_oldest_age_and_dead_letters(client, app, redis):
+    empty = client.get("/admin/queue", headers=AUTH).get_json()
+    send(client, webhook("email", "opened"))
+    send(client, webhook("email", "clicked"))
+    send(client, body=b"{not json")
+    relay = services(app)
+    build_worker(app).ensure_groups()
+    redis.xreadgroup(CONSUMER_GROUP, "some-worker", dict.fromkeys(relay.keys.queues(), ">"),
+                     count=1)
+
+    response = client.get("/admin/queue", headers=AUTH)
+
+    assert empty == {"length": 0, "pending": 0, "dead_letters": 0, "oldest_age_seconds": None}
+    state = response.get_json()
+    assert (state["length"], state["dead_letters"]) == (2, 1)
+    assert state["pending"] == 1  # one person's events share one shard; one was read
+    assert state["oldest_age_seconds"] >= 0
+
+
+def test_dead_letters_are_listed_newest_first_with_reason_and_raw_body(client, app):
+    quarantined = send(client, body=b'{"event_id": 1}')
+    payload = dead_letter_an_event(app, client)
+
+    response = client.get("/admin/dead-letters", headers=AUTH)
+
+    assert response.status_code == 200
+    newest, oldest = response.get_json()["dead_letters"]
+    assert newest["event_id"] == payload["event_id"]
+    assert newest["reason"] == "no customer_id or email identifies the person"
+    assert oldest["id"] == quarantined["dead_letter_id"]
+    assert oldest["kind"] == "quarantined"
+    assert oldest["body"] == '{"event_id": 1}'
+    assert "event_id" in oldest["details"]
+
+
+def test_replaying_a_dead_letter_by_id_queues_it_again_and_removes_the_letter(client, app):
+    dead_letter_an_event(app, client)
+    (letter,) = client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"]
+
+    response = client.post(
+        "/admin/dead-letters/replay", json={"ids": [letter["id"]]}, headers=AUTH
+    )
+
+    assert response.status_code == 200
+    assert response.get_json() == {"replayed": [letter["id"]], "not_found": [],
+                                   "still_invalid": {}}
+    assert queue_length(app) == 1
+    assert client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"] == []
+
+
+def test_replaying_all_keeps_the_letters_that_are_still_not_webhooks(client, app):
+    dead_letter_an_event(app, client)
+    quarantined = send(client, body=b"{not json")
+
+    report = client.post("/admin/dead-letters/replay", json={"all": True}, headers=AUTH)
+
+    body = report.get_json()
+    assert len(body["replayed"]) == 1
+    assert list(body["still_invalid"]) == [quarantined["dead_letter_id"]]
+    assert queue_length(app) == 1
+    letters = client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"]
+    assert [letter["id"] for letter in letters] == [quarantined["dead_letter_id"]]
+
+
+@pytest.mark.parametrize("entry_id", ["1-0", "not-an-id", "1700000000000", "+"])
+def test_replaying_an_id_that_is_not_a_dead_letter_reports_it_not_found(client, app, entry_id):
+    dead_letter_an_event(app, client)
+
+    response = client.post("/admin/dead-letters/replay", json={"ids": [entry_id]},
+                           headers=AUTH)
+
+    assert response.status_code == 200
+    assert response.get_json()["not_found"] == [entry_id]
+    assert response.get_json()["replayed"] == []
+    assert queue_length(app) == 0
+
+
+@pytest.mark.parametrize("body", [{}, {"ids": []}, {"all": False}, {"ids": "1-0"}])
+def test_a_replay_that_names_nothing_is_refused_400(client, body):
+    response = client.post("/admin/dead-letters/replay", json=body, headers=AUTH)
+
+    assert response.status_code == 400
+    assert set(response.get_json()) == {"error", "details"}

@@ -1,0 +1,289 @@
+"""The support and admin commands (CONTRACT §4) through Flask's CLI runner, on the real Redis.
+
+Exit status: 0 success, 1 a reported problem, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from app.runner import build_worker
+from app.services import services
+from tests.conftest import STANDIN_SECRET
+from tests.support.webhooks import encode, signed_headers, webhook
+
+
+def send(app: Flask, payload: Any = None, *, body: bytes | None = None) -> dict[str, Any]:
+    body = encode(payload) if body is None else body
+    response = app.test_client().post(
+        "/webhooks/customerio", data=body, headers=signed_headers(body)
+    )
+    assert response.status_code in (200, 202)
+    return response.get_json()
+
+
+def dead_letter_an_event(app: Flask) -> dict[str, Any]:
+    """Have the worker dead-letter an event that names no person; return the webhook."""
+    payload = webhook("sms", "delivered", customer_id=None, email=None, delivery_id=None)
+    send(app, payload)
+    build_worker(app).run(once=True)
+    return payload
+
+
+def dead_letter_ids(app: Flask) -> list[str]:
+    relay = services(app)
+    return [entry_id for entry_id, _ in relay.redis.xrange(relay.keys.dead_letters)]
+
+
+def queue_length(app: Flask) -> int:
+    return services(app).queue_stats()["length"]
+
+
+# -- events ----------------------------------------------------------------------------
+
+
+def test_events_list_shows_every_type_enabled_or_not(runner):
+    result = runner.invoke(args=["events", "list"])
+
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines()[1:]}
+    assert lines["email_opened"][1:4] == ["yes", "on", "default"]
+    assert lines["email_drafted"][1:4] == ["no", "off", "default"]
+
+
+def test_events_list_as_json_parses(runner):
+    result = runner.invoke(args=["events", "list", "--json"])
+
+    assert result.exit_code == 0
+    rows = json.loads(result.output)
+    assert sum(row["enabled"] for row in rows) == 20
+
+
+def test_events_disable_turns_a_type_off_so_its_webhooks_are_ignored(runner, app):
+    result = runner.invoke(args=["events", "disable", "email_opened"])
+
+    assert result.exit_code == 0
+    assert "email_opened: disabled" in result.output
+    assert send(app, webhook("email", "opened"))["status"] == "ignored"
+    toggle = services(app).toggles.get("email_opened")
+    assert toggle.override is False
+    assert toggle.changed_by.startswith("cli")
+
+
+def test_events_enable_turns_on_a_type_that_is_off_by_default(runner, app):
+    result = runner.invoke(args=["events", "enable", "email_drafted"])
+
+    assert result.exit_code == 0
+    assert send(app, webhook("email", "drafted"))["status"] == "queued"
+
+
+def test_events_reset_drops_the_override(runner, app):
+    runner.invoke(args=["events", "disable", "email_opened"])
+
+    result = runner.invoke(args=["events", "reset", "email_opened"])
+
+    assert result.exit_code == 0
+    assert services(app).toggles.get("email_opened").source == "default"
+
+
+@pytest.mark.parametrize("command", ["enable", "disable", "reset"])
+def test_an_unknown_event_type_is_a_usage_error(runner, redis, command):
+    result = runner.invoke(args=["events", command, "email_teleported"])
+
+    assert result.exit_code == 2
+    assert "email_teleported" in result.output
+    assert redis.dbsize() == 0
+
+
+# -- dedup -----------------------------------------------------------------------------
+
+
+def test_dedup_show_tells_the_story_of_a_queued_event(runner, app):
+    payload = webhook("email", "opened")
+    send(app, payload)
+
+    result = runner.invoke(args=["dedup", "show", payload["event_id"]])
+
+    assert result.exit_code == 0
+    assert payload["event_id"] in result.output
+    assert "status     queued" in result.output
+    assert "email_opened" in result.output
+    assert payload["data"]["delivery_id"] in result.output
+
+
+def test_dedup_show_as_json_parses(runner, app):
+    payload = webhook("email", "opened")
+    send(app, payload)
+
+    result = runner.invoke(args=["dedup", "show", "--json", payload["event_id"]])
+
+    assert result.exit_code == 0
+    story = json.loads(result.output)
+    assert (story["event_id"], story["seen"], story["status"]) == (
+        payload["event_id"], True, "queued"
+    )
+
+
+def test_dedup_show_of_an_unknown_event_is_a_reported_problem(runner):
+    result = runner.invoke(args=["dedup", "show", "01NEVERSEEN"])
+
+    assert result.exit_code == 1
+    assert "not seen" in result.output
+
+
+def test_dedup_show_as_json_of_an_unknown_event_still_parses(runner):
+    result = runner.invoke(args=["dedup", "show", "--json", "01NEVERSEEN"])
+
+    assert result.exit_code == 1
+    assert json.loads(result.output) == {"event_id": "01NEVERSEEN", "seen": False}
+
+
+def test_dedup_first_lists_the_first_event_of_each_type_of_a_delivery(runner, app):
+    opened = webhook("email", "opened", delivery_id="delivery-3")
+    send(app, opened)
+
+    result = runner.invoke(args=["dedup", "first", "delivery-3"])
+    as_json = runner.invoke(args=["dedup", "first", "--json", "delivery-3"])
+
+    assert result.exit_code == 0
+    assert "email_opened" in result.output
+    assert opened["event_id"] in result.output
+    assert json.loads(as_json.output)["flags"] == {"email_opened": opened["event_id"]}
+
+
+def test_dedup_first_of_an_unknown_delivery_is_a_reported_problem(runner):
+    result = runner.invoke(args=["dedup", "first", "never-delivered"])
+
+    assert result.exit_code == 1
+    assert "no first-occurrence flags" in result.output
+
+
+@pytest.mark.parametrize("delivery_id", ["delivery-4", None])
+def test_dedup_forget_lets_the_next_copy_of_an_event_be_queued_again(runner, app, delivery_id):
+    payload = webhook("email", "opened", delivery_id=delivery_id)
+    send(app, payload)
+
+    result = runner.invoke(args=["dedup", "forget", payload["event_id"]])
+
+    assert result.exit_code == 0
+    assert send(app, payload)["status"] == "queued"
+    assert queue_length(app) == 2
+
+
+def test_dedup_forget_of_an_unknown_event_is_a_reported_problem(runner):
+    result = runner.invoke(args=["dedup", "forget", "01NEVERSEEN"])
+
+    assert result.exit_code == 1
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+def test_dlq_list_shows_each_dead_letter_with_its_reason(runner, app):
+    payload = dead_letter_an_event(app)
+    send(app, body=b"{not json")
+
+    result = runner.invoke(args=["dlq", "list"])
+    as_json = runner.invoke(args=["dlq", "list", "--json"])
+
+    assert result.exit_code == 0
+    assert "2 dead letters" in result.output
+    assert payload["event_id"] in result.output
+    assert "no customer_id or email identifies the person" in result.output
+    assert "body is not JSON" in result.output
+    letters = json.loads(as_json.output)
+    assert [letter["kind"] for letter in letters] == ["quarantined", "event"]
+
+
+def test_dlq_replay_of_an_id_queues_that_letter_again(runner, app):
+    dead_letter_an_event(app)
+    (letter_id,) = dead_letter_ids(app)
+
+    result = runner.invoke(args=["dlq", "replay", letter_id])
+
+    assert result.exit_code == 0
+    assert "replayed 1" in result.output
+    assert dead_letter_ids(app) == []
+    assert queue_length(app) == 1
+
+
+def test_dlq_replay_all_queues_every_letter_again(runner, app):
+    dead_letter_an_event(app)
+    dead_letter_an_event(app)
+
+    result = runner.invoke(args=["dlq", "replay", "--all"])
+
+    assert result.exit_code == 0
+    assert "replayed 2" in result.output
+    assert queue_length(app) == 2
+
+
+@pytest.mark.parametrize("args", [[], ["--all", "1-0"]], ids=["neither", "both"])
+def test_dlq_replay_needs_ids_or_all_but_not_both(runner, app, args):
+    dead_letter_an_event(app)
+
+    result = runner.invoke(args=["dlq", "replay", *args])
+
+    assert result.exit_code == 2
+    assert len(dead_letter_ids(app)) == 1
+
+
+@pytest.mark.parametrize("letter_id", ["1-0", "not-an-id"])
+def test_dlq_replay_of_an_unknown_id_is_a_reported_problem(runner, app, letter_id):
+    result = runner.invoke(args=["dlq", "replay", letter_id])
+
+    assert result.exit_code == 1
+    assert f"not found: {letter_id}" in result.output
+
+
+def test_dlq_replay_of_a_letter_that_is_still_not_a_webhook_keeps_it(runner, app):
+    send(app, body=b"{not json")
+    (letter_id,) = dead_letter_ids(app)
+
+    result = runner.invoke(args=["dlq", "replay", letter_id])
+
+    assert result.exit_code == 1
+    assert "still not a valid webhook" in result.output
+    assert dead_letter_ids(app) == [letter_id]
+
+
+# -- check -----------------------------------------------------------------------------
+
+
+def _app_for(make_settings: Any, redis: Any, **env: str) -> Flask:
+    return create_app(make_settings(**env), redis_client=redis, role="cli")
+
+
+def test_check_passes_when_mparticle_accepts_the_credentials(make_settings, redis, mparticle):
+    app = _app_for(make_settings, redis, MPARTICLE_BASE_URL=mparticle.base_url)
+
+    result = app.test_cli_runner().invoke(args=["check"])
+
+    assert result.exit_code == 0
+    assert "accepted" in result.output
+    assert [request.body for request in mparticle.requests] == [b"[]"]  # no events sent
+
+
+def test_check_fails_when_mparticle_refuses_the_credentials(make_settings, redis, mparticle):
+    app = _app_for(make_settings, redis, MPARTICLE_BASE_URL=mparticle.base_url,
+                   MPARTICLE_API_SECRET=STANDIN_SECRET + "-wrong")
+
+    result = app.test_cli_runner().invoke(args=["check"])
+
+    assert result.exit_code == 1
+    assert "refused the credentials (HTTP 401)" in result.output
+    assert STANDIN_SECRET not in result.output
+
+
+def test_check_fails_when_mparticle_cannot_be_reached(make_settings, redis):
+    app = _app_for(make_settings, redis, MPARTICLE_BASE_URL="http://127.0.0.1:9/v2")
+
+    result = app.test_cli_runner().invoke(args=["check"])
+
+    assert result.exit_code == 1
+    assert "could not check the credentials" in result.output

@@ -1,0 +1,309 @@
+"""POST /webhooks/customerio through the Flask test client, on the real Redis (CONTRACT §3)."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app import create_app
+from app.services import services
+from tests.support.webhooks import encode, signed_headers, webhook
+
+URL = "/webhooks/customerio"
+
+
+def post(client: Any, payload: Any = None, *, body: bytes | None = None, **sign: Any) -> Any:
+    """POST a payload (or raw bytes) signed as Customer.io would sign it."""
+    body = encode(payload) if body is None else body
+    return client.post(URL, data=body, headers=signed_headers(body, **sign))
+
+
+def queue_entries(app: Flask) -> list[dict[str, str]]:
+    relay = services(app)
+    return [fields for queue in relay.keys.queues() for _, fields in relay.redis.xrange(queue)]
+
+
+def dead_letters(app: Flask) -> list[dict[str, str]]:
+    relay = services(app)
+    return [fields for _, fields in relay.redis.xrange(relay.keys.dead_letters)]
+
+
+@pytest.fixture
+def app_with(
+    make_settings: Callable[..., Any], redis: redis_lib.Redis
+) -> Callable[..., Flask]:
+    def build(sections: dict[str, dict[str, Any]] | None = None, **env: str | None) -> Flask:
+        return create_app(make_settings(sections, **env), redis_client=redis)
+
+    return build
+
+
+def test_a_signed_event_is_queued_and_answered_202_with_its_event_id(client, app):
+    payload = webhook("email", "opened")
+
+    response = post(client, payload)
+
+    assert response.status_code == 202
+    assert response.get_json() == {
+        "status": "queued", "event_id": payload["event_id"], "event": "email_opened"
+    }
+    assert [json.loads(entry["b"]) for entry in queue_entries(app)] == [payload]
+
+
+@pytest.mark.parametrize(
+    ("headers_for", "why"),
+    [
+        (lambda body: {"Content-Type": "application/json"}, "X-CIO-Timestamp"),
+        (lambda body: signed_headers(body, key="not-our-key"), "does not match"),
+        (lambda body: signed_headers(body, timestamp=int(time.time()) - 1000), "tolerance"),
+        (lambda body: signed_headers(body, timestamp=int(time.time()) + 1000), "tolerance"),
+        (lambda body: signed_headers(b"another body"), "does not match"),
+        (
+            lambda body: {**signed_headers(body), "X-CIO-Signature": ""},
+            "X-CIO-Signature",
+        ),
+    ],
+    ids=["unsigned", "wrong-key", "stale", "future", "other-body", "no-signature"],
+)
+def test_a_request_not_signed_by_customerio_is_refused_401_and_nothing_is_written(
+    client, redis, headers_for, why
+):
+    body = encode(webhook())
+
+    response = client.post(URL, data=body, headers=headers_for(body))
+
+    assert response.status_code == 401
+    assert response.is_json
+    assert response.get_json()["error"] == "invalid signature"
+    assert why in response.get_json()["details"]
+    assert redis.dbsize() == 0
+
+
+def test_a_request_signed_with_the_other_key_during_a_rotation_is_queued(client, app):
+    response = post(client, webhook(), key="old-rotated-key")
+
+    assert response.status_code == 202
+    assert len(queue_entries(app)) == 1
+
+
+def test_a_second_copy_of_an_event_is_answered_200_duplicate_and_not_queued_again(client, app):
+    payload = webhook()
+    post(client, payload)
+
+    response = post(client, payload)
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "duplicate"
+    assert len(queue_entries(app)) == 1
+
+
+def test_a_second_open_of_a_delivery_is_answered_200_suppressed(client, app):
+    first = webhook("email", "opened", delivery_id="delivery-7")
+    second = webhook("email", "opened", delivery_id="delivery-7")
+    post(client, first)
+
+    response = post(client, second)
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "suppressed"
+    assert body["first_event_id"] == first["event_id"]
+    assert len(queue_entries(app)) == 1
+
+
+def test_a_type_turned_off_in_the_settings_file_is_ignored_and_nothing_is_written(
+    app_with, redis
+):
+    app = app_with({"events": {"email_opened": False}})
+
+    response = post(app.test_client(), webhook("email", "opened"))
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert response.get_json()["reason"] == "event type turned off"
+    assert redis.dbsize() == 0
+
+
+def test_a_type_turned_off_by_an_admin_override_is_ignored_and_not_queued(client, app):
+    services(app).toggles.set("email_clicked", False, actor="test")
+
+    response = post(client, webhook("email", "clicked"))
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert response.get_json()["event"] == "email_clicked"
+    assert queue_entries(app) == []
+
+
+def test_a_known_type_that_is_off_by_default_is_ignored(client, app):
+    response = post(client, webhook("email", "drafted"))
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert queue_entries(app) == []
+
+
+def test_an_unknown_type_is_ignored_rather_than_refused(client, redis):
+    response = post(client, webhook("email", "teleported"))
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert response.get_json()["reason"] == "unknown event type"
+    assert redis.dbsize() == 0
+
+
+def _without(field: str) -> bytes:
+    payload = webhook()
+    del payload[field]
+    return encode(payload)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"event_id": "01E4", "object_type": "email"', "_body"),
+        (b"\xff\xfe not text", "_body"),
+        (b"NaN", "_body"),
+        (encode([webhook()]), "_schema"),
+        (_without("event_id"), "event_id"),
+        (_without("data"), "data"),
+        (encode({**webhook(), "timestamp": "1700000000"}), "timestamp"),
+        (encode({**webhook(), "data": ["not", "an", "object"]}), "data"),
+    ],
+    ids=["truncated-json", "not-utf8", "nan", "json-list", "no-event-id", "no-data",
+         "timestamp-string", "data-list"],
+)
+def test_a_signed_but_unusable_payload_is_quarantined_202_naming_the_field(
+    client, app, body, field
+):
+    response = post(client, body=body)
+
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert answer["status"] == "quarantined"
+    assert field in answer["details"]
+    assert answer["details"][field]
+    letters = dead_letters(app)
+    assert len(letters) == 1
+    assert letters[0]["kind"] == "quarantined"
+    assert letters[0]["reason"] == answer["reason"]
+    assert letters[0]["body"] == body.decode("utf-8", "replace")
+    assert queue_entries(app) == []
+
+
+def test_a_body_over_max_body_bytes_is_refused_413_as_json(app_with, redis):
+    app = app_with({"webhook": {"max_body_bytes": 1024}})
+    payload = webhook(subject="x" * 2000)
+
+    response = post(app.test_client(), payload)
+
+    assert response.status_code == 413
+    assert set(response.get_json()) == {"error", "details"}
+    assert redis.dbsize() == 0
+
+
+def _post_chunked(app: Flask, body: bytes) -> Any:
+    """POST without Content-Length, as a streamed (chunked) request reaches the app.
+
+    gunicorn sets ``wsgi.input_terminated`` for such a request; without it Werkzeug
+    would hand the app an empty body.
+    """
+    headers = {**signed_headers(body), "Transfer-Encoding": "chunked"}
+    return app.test_client().post(
+        URL, input_stream=io.BytesIO(body), headers=headers,
+        environ_base={"wsgi.input_terminated": True},
+    )
+
+
+def test_a_chunked_body_over_max_body_bytes_is_refused_413_not_truncated(app_with, redis):
+    app = app_with({"webhook": {"max_body_bytes": 1024}})
+    body = encode(webhook(subject="x" * 2000))
+
+    response = _post_chunked(app, body)
+
+    assert response.status_code == 413
+    assert set(response.get_json()) == {"error", "details"}
+    assert redis.dbsize() == 0
+
+
+def test_a_chunked_body_of_exactly_max_body_bytes_is_queued(make_settings, redis):
+    body = encode(webhook())
+    app = create_app(
+        make_settings({"webhook": {"max_body_bytes": len(body)}}), redis_client=redis
+    )
+
+    response = _post_chunked(app, body)
+
+    assert response.status_code == 202
+    assert [entry["b"] for entry in queue_entries(app)] == [body.decode()]
+
+
+def test_a_get_is_answered_405_as_json(client):
+    response = client.get(URL)
+
+    assert response.status_code == 405
+    assert set(response.get_json()) == {"error", "details"}
+    assert "POST" in response.headers["Allow"]
+
+
+def test_a_webhook_is_answered_503_when_redis_cannot_be_reached(make_settings):
+    # Nothing listens on port 1. No retries: redis-py's default retries only slow the test.
+    unreachable = redis_lib.Redis(
+        port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    app = create_app(make_settings(), redis_client=unreachable)
+
+    response = post(app.test_client(), webhook())
+
+    assert response.status_code == 503
+    assert set(response.get_json()) == {"error", "details"}
+
+
+def test_a_malformed_payload_is_answered_503_when_redis_cannot_keep_it(make_settings):
+    unreachable = redis_lib.Redis(
+        port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    app = create_app(make_settings(), redis_client=unreachable)
+
+    response = post(app.test_client(), body=b"{not json")
+
+    assert response.status_code == 503
+
+
+def test_an_unsigned_event_is_queued_when_signatures_are_not_required(app_with):
+    app = app_with({"webhook": {"require_signature": False}})
+    payload = webhook()
+
+    response = app.test_client().post(URL, data=encode(payload),
+                                      headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 202
+    assert len(queue_entries(app)) == 1
+
+
+def test_message_content_and_headers_of_a_sent_event_are_not_kept_in_the_queue(client, app):
+    payload = webhook(
+        "email", "sent",
+        content="<html><body>" + "a whole email " * 200 + "</body></html>",
+        headers={"X-Mailer": "customer.io", "Reply-To": "support@example.com"},
+    )
+
+    response = post(client, payload)
+
+    assert response.status_code == 202
+    (entry,) = queue_entries(app)
+    queued = json.loads(entry["b"])
+    assert "content" not in queued["data"]
+    assert "headers" not in queued["data"]
+    assert queued["data"]["subject"] == payload["data"]["subject"]
+    assert queued["event_id"] == payload["event_id"]
+

@@ -1,0 +1,514 @@
+"""RelayWorker against the real Redis and the mParticle stand-in on loopback (CONTRACT §5).
+
+Events go in as Customer.io sends them (signed webhooks through the Flask client), the
+worker is the one the app builds, and what mParticle received is read off the stand-in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from flask import Flask
+
+from app import create_app
+from app.deadletters import list_dead_letters, replay_dead_letters
+from app.keys import CONSUMER_GROUP
+from app.mapping import source_message_id
+from app.runner import build_worker
+from app.services import services
+from app.stories import find_event
+from app.worker import RelayWorker
+from tests.support.mparticle_standin import MParticleStandIn, Reply
+from tests.support.webhooks import encode, signed_headers, webhook
+
+FAST_RELAY = {
+    "retry_base_seconds": 0.01,
+    "retry_max_seconds": 0.05,
+    "claim_idle_seconds": 1,
+    "auth_recheck_seconds": 0.05,
+    "poll_interval_seconds": 0.01,
+}
+_deliveries = itertools.count(1)
+
+
+@pytest.fixture
+def make_app(
+    make_settings: Callable[..., Any], redis: redis_lib.Redis, mparticle: MParticleStandIn
+) -> Iterator[Callable[..., Flask]]:
+    """Apps on the real Redis that send to the stand-in, with fast retries."""
+    apps: list[Flask] = []
+
+    def build(sections: dict[str, dict[str, Any]] | None = None) -> Flask:
+        merged: dict[str, dict[str, Any]] = {"relay": dict(FAST_RELAY)}
+        for name, values in (sections or {}).items():
+            merged.setdefault(name, {}).update(values)
+        app = create_app(
+            make_settings(merged, MPARTICLE_BASE_URL=mparticle.base_url), redis_client=redis
+        )
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        client = services(app).extras.get("mparticle")
+        if client is not None:
+            client.session.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+def event(person: str, metric: str = "opened", **data: Any) -> dict[str, Any]:
+    """A webhook about one person, on its own delivery (so it is never suppressed)."""
+    data.setdefault("delivery_id", f"delivery-{next(_deliveries)}")
+    return webhook("email", metric, customer_id=person, email=f"{person}@example.com", **data)
+
+
+def send(app: Flask, *payloads: dict[str, Any]) -> None:
+    """Post signed webhooks; each must be queued."""
+    client = app.test_client()
+    for payload in payloads:
+        body = encode(payload)
+        response = client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
+        assert response.status_code == 202, response.get_json()
+
+
+def message_ids(*payloads: dict[str, Any]) -> list[str]:
+    return sorted(source_message_id(payload["event_id"]) for payload in payloads)
+
+
+def queue_state(app: Flask) -> tuple[int, int]:
+    """(entries in the queue streams, entries pending in the consumer group)."""
+    stats = services(app).queue_stats()
+    return stats["length"], stats["pending"]
+
+
+def story(app: Flask, payload: dict[str, Any]) -> dict[str, Any]:
+    relay = services(app)
+    found = find_event(relay.redis, relay.keys, payload["event_id"])
+    assert found is not None
+    return found
+
+
+def bulk_requests(mparticle: MParticleStandIn) -> list[Any]:
+    return [request for request in mparticle.requests if request.body != b"[]"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Running:
+    """A worker's run() loop in a thread, as the worker process runs it."""
+
+    def __init__(self, worker: RelayWorker) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "the worker did not stop"
+
+
+# -- delivery ------------------------------------------------------------------------
+
+
+def test_events_of_three_people_go_out_as_three_batches_in_one_request(app, mparticle):
+    payloads = [event("ann"), event("ann", "clicked"), event("bob"), event("cat"),
+                event("cat", "delivered")]
+    send(app, *payloads)
+
+    build_worker(app).run(once=True)
+
+    assert len(mparticle.requests) == 1
+    batches = mparticle.accepted_batches
+    assert sorted(batch["user_identities"]["customer_id"] for batch in batches) == [
+        "ann", "bob", "cat"
+    ]
+    assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
+    for batch in batches:
+        event_ids = {e["data"]["custom_attributes"]["source_message_id"] for e in batch["events"]}
+        owners = {p["data"]["customer_id"] for p in payloads if p["event_id"] in event_ids}
+        assert owners == {batch["user_identities"]["customer_id"]}
+
+
+def test_a_relayed_events_story_says_relayed_with_its_source_request_id(app, mparticle):
+    payload = event("ann")
+    send(app, payload)
+
+    build_worker(app).run(once=True)
+
+    told = story(app, payload)
+    (batch,) = mparticle.accepted_batches
+    assert told["status"] == "relayed"
+    assert told["source_request_id"] == batch["source_request_id"]
+    assert told["mparticle_status"] == 202
+    assert told["where"] == "relayed to mParticle"
+
+
+def test_the_queue_is_empty_and_nothing_pending_once_mparticle_accepts(app, mparticle):
+    send(app, event("ann"), event("bob"))
+    assert queue_state(app) == (2, 0)
+
+    build_worker(app).run(once=True)
+
+    assert queue_state(app) == (0, 0)
+    assert len(mparticle.source_message_ids()) == 2
+
+
+def test_a_second_pass_sends_nothing_already_relayed(app, mparticle):
+    send(app, event("ann"))
+    worker = build_worker(app)
+    worker.run(once=True)
+
+    worked = worker.relay_pending()
+
+    assert worked is False
+    assert len(mparticle.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        Reply(429, {"Retry-After": "0"}),
+        Reply(429),
+        Reply(503),
+        Reply(500, body="internal error"),
+    ],
+    ids=["429-retry-after", "429-backoff", "503", "500"],
+)
+def test_a_refused_for_now_request_is_retried_byte_identical_until_accepted(
+    app, mparticle, failure
+):
+    payloads = [event("ann"), event("bob")]
+    send(app, *payloads)
+    mparticle.script(failure)
+
+    build_worker(app).run(once=True)
+
+    first, retry = bulk_requests(mparticle)
+    assert (first.status, retry.status) == (failure.status, 202)
+    assert retry.body == first.body
+    assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
+    assert {story(app, p)["status"] for p in payloads} == {"relayed"}
+    assert queue_state(app) == (0, 0)
+
+
+def test_a_request_that_times_out_is_sent_again_with_the_same_source_request_id(
+    make_app, mparticle
+):
+    app = make_app({"mparticle": {"read_timeout_seconds": 0.2}})
+    payload = event("ann")
+    send(app, payload)
+    # mParticle takes the request but answers after the relay has given up on it.
+    mparticle.script(Reply(202, delay=1.0))
+
+    build_worker(app).run(once=True)
+
+    first, retry = bulk_requests(mparticle)
+    assert retry.body == first.body  # so mParticle can drop the copy by source_request_id
+    ids = {batch["source_request_id"] for batch in mparticle.accepted_batches}
+    assert ids == {story(app, payload)["source_request_id"]}
+    assert story(app, payload)["status"] == "relayed"
+    assert queue_state(app) == (0, 0)
+
+
+def test_a_batch_mparticle_refuses_is_dead_lettered_and_the_others_are_delivered(
+    app, mparticle
+):
+    good = [event(person) for person in ("ann", "bob", "cat", "dan", "eve", "fay")]
+    bad = [event("mallory"), event("mallory", "clicked")]
+    send(app, *good[:3], *bad, *good[3:])
+    mparticle.reject_batches_where(lambda b: b["user_identities"]["customer_id"] == "mallory")
+
+    build_worker(app).run(once=True)
+
+    assert sorted(mparticle.source_message_ids()) == message_ids(*good)
+    relay = services(app)
+    letters = list_dead_letters(relay.redis, relay.keys)
+    assert sorted(letter["event_id"] for letter in letters) == sorted(p["event_id"] for p in bad)
+    for letter in letters:
+        assert letter["reason"] == "mParticle refused the batch"
+        assert letter["status"] == "400"
+        assert "VALIDATION_ERROR" in letter["response"]
+        assert "refused by the test's rule" in letter["response"]
+    assert {story(app, p)["status"] for p in bad} == {"dead_lettered"}
+    assert {story(app, p)["status"] for p in good} == {"relayed"}
+    assert queue_state(app) == (0, 0)
+
+
+def test_refused_credentials_stop_sending_keep_everything_and_resume_by_themselves(
+    app, mparticle
+):
+    payloads = [event("ann"), event("bob"), event("cat")]
+    send(app, *payloads)
+    refused = Reply(401, {"Content-Type": "application/json"}, '{"errors": []}')
+    mparticle.script(refused, refused)  # the first send, then the first re-check
+    worker = build_worker(app)
+    client = app.test_client()
+
+    worker.run(once=True)
+
+    assert queue_state(app) == (3, 3)  # nothing acked: all still pending
+    assert mparticle.accepted_batches == []
+    assert client.get("/readyz").status_code == 503
+    with Running(worker):
+        assert mparticle.wait_for_events(3, timeout=5)
+        assert wait_until(lambda: queue_state(app) == (0, 0))
+    assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
+    assert client.get("/readyz").status_code == 200
+    statuses = [request.status for request in mparticle.requests]
+    assert statuses[:2] == [401, 401]
+
+
+def test_a_worker_restarted_with_corrected_credentials_makes_the_relay_ready_again(
+    app, make_app, mparticle
+):
+    send(app, event("ann"))
+    mparticle.script(Reply(401))
+    build_worker(app).run(once=True)
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 503
+    restarted = build_worker(make_app())  # a new process with the corrected secret
+    restarted.consumer = "worker-after-restart"
+    later = event("bob")
+    send(app, later)
+
+    restarted.run(once=True)
+
+    assert mparticle.source_message_ids() == message_ids(later)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_credentials_refused_while_splitting_a_refused_request_stop_the_other_half(
+    app, mparticle
+):
+    payloads = [event("ann"), event("bob"), event("cat"), event("dan")]
+    send(app, *payloads)
+    mparticle.script(Reply(400), Reply(401))  # the whole request, then its first half
+    worker = build_worker(app)
+
+    worker.run(once=True)
+
+    assert [request.status for request in mparticle.requests] == [400, 401]
+    assert queue_state(app) == (4, 4)
+    with Running(worker):
+        assert mparticle.wait_for_events(4, timeout=5)
+    assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
+    relay = services(app)
+    assert list_dead_letters(relay.redis, relay.keys) == []
+
+
+def test_an_event_too_large_for_a_batch_is_dead_lettered_and_the_rest_delivered(
+    make_app, mparticle
+):
+    app = make_app({"relay": {"max_batch_bytes": 1024}})
+    huge = event("ann", subject="s" * 2000)
+    small = event("bob")
+    send(app, huge, small)
+
+    build_worker(app).run(once=True)
+
+    assert mparticle.source_message_ids() == message_ids(small)
+    relay = services(app)
+    (letter,) = list_dead_letters(relay.redis, relay.keys)
+    assert (letter["event_id"], letter["reason"]) == (
+        huge["event_id"], "event larger than an mParticle batch"
+    )
+    assert queue_state(app) == (0, 0)
+
+
+def test_an_event_that_names_no_person_is_dead_lettered_and_never_sent(app, mparticle):
+    nobody = webhook("sms", "delivered", customer_id=None, email=None)
+    somebody = event("ann")
+    send(app, nobody, somebody)
+
+    build_worker(app).run(once=True)
+
+    assert mparticle.source_message_ids() == message_ids(somebody)
+    assert source_message_id(nobody["event_id"]).encode() not in b"".join(
+        request.body for request in mparticle.requests
+    )
+    relay = services(app)
+    (letter,) = list_dead_letters(relay.redis, relay.keys)
+    assert letter["event_id"] == nobody["event_id"]
+    assert letter["reason"] == "no customer_id or email identifies the person"
+    assert story(app, nobody)["status"] == "dead_lettered"
+    assert queue_state(app) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"b": "{not json"},
+        {"b": "[1, 2]"},
+        {"b": '{"event_id": "x", "object_type": "email", "metric": "opened", '
+              '"data": {"customer_id": "1"}}'},
+        {"b": '{"event_id": "x", "object_type": "email", "metric": "opened", '
+              '"timestamp": "soon", "data": {"customer_id": "1"}}'},
+        {"body": "the wrong field"},
+    ],
+    ids=["not-json", "json-list", "no-timestamp", "timestamp-string", "no-body-field"],
+)
+def test_a_queue_entry_that_is_not_a_webhook_is_dead_lettered_and_the_rest_delivered(
+    app, mparticle, redis, fields
+):
+    good = event("ann")
+    send(app, good)
+    keys = services(app).keys
+    redis.xadd(keys.queue(keys.shard_for("ann")), fields)  # written by something else
+
+    build_worker(app).run(once=True)
+
+    assert mparticle.source_message_ids() == message_ids(good)
+    (letter,) = list_dead_letters(redis, keys)
+    assert letter["reason"] == "queue entry is not a reporting webhook"
+    assert queue_state(app) == (0, 0)
+
+
+# -- crashes and restarts --------------------------------------------------------------
+
+
+def test_entries_a_killed_worker_left_pending_are_taken_over_and_delivered_once(
+    app, mparticle, redis
+):
+    payloads = [event("ann"), event("bob"), event("cat")]
+    send(app, *payloads)
+    worker = build_worker(app)
+    worker.ensure_groups()
+    keys = services(app).keys
+    read = redis.xreadgroup(CONSUMER_GROUP, "dead-worker", dict.fromkeys(keys.queues(), ">"))
+    assert sum(len(entries) for _, entries in read) == 3  # and it never acks them
+
+    took_over_at_once = worker.relay_pending()
+    assert took_over_at_once is False  # not idle for claim_idle_seconds yet
+    assert mparticle.requests == []
+    assert wait_until(lambda: worker.relay_pending() and mparticle.wait_for_events(3, 0))
+    worker.relay_pending()
+
+    assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
+    assert queue_state(app) == (0, 0)
+    assert all(
+        info["pending"] == 0
+        for queue in keys.queues()
+        for info in redis.xinfo_consumers(queue, CONSUMER_GROUP)
+    )
+
+
+def test_a_worker_waiting_to_retry_keeps_its_entries_from_another_worker(
+    app, make_app, mparticle
+):
+    payload = event("ann")
+    send(app, payload)
+    waiting = build_worker(app)
+    waiting.consumer = "worker-a"
+    other = build_worker(make_app())
+    other.consumer = "worker-b"
+    # Longer than claim_idle_seconds (1): worker A waits 2 s before it sends again.
+    mparticle.script(Reply(429, {"Retry-After": "2"}))
+    first_pass = threading.Thread(target=waiting.run, kwargs={"once": True})
+    first_pass.start()
+    assert wait_until(lambda: len(mparticle.requests) == 1)
+
+    with Running(other):
+        first_pass.join(timeout=10)
+
+    assert not first_pass.is_alive()
+    assert mparticle.source_message_ids() == message_ids(payload)  # once, not twice
+    assert queue_state(app) == (0, 0)
+
+
+@pytest.mark.parametrize("loss", ["group-destroyed", "redis-flushed"])
+def test_a_worker_recreates_its_lost_consumer_group_and_carries_on(app, mparticle, redis, loss):
+    keys = services(app).keys
+    before = [event("ann"), event("bob")]
+    after = [event("cat"), event("dan")]
+    with Running(build_worker(app)):
+        send(app, *before)
+        assert mparticle.wait_for_events(2, timeout=5)
+        if loss == "group-destroyed":
+            for queue in keys.queues():
+                redis.xgroup_destroy(queue, CONSUMER_GROUP)
+        else:  # Redis restarted empty
+            redis.flushdb()
+        send(app, *after)
+        assert mparticle.wait_for_events(4, timeout=5)
+
+    assert sorted(mparticle.source_message_ids()) == message_ids(*before, *after)
+    assert all(
+        [group["name"] for group in redis.xinfo_groups(queue)] == [CONSUMER_GROUP]
+        for queue in keys.queues()
+    )
+
+
+# -- dead letters ----------------------------------------------------------------------
+
+
+def test_a_replayed_dead_letter_is_delivered_without_resetting_its_dedup_mark(
+    app, mparticle, redis
+):
+    payload = event("mallory")
+    send(app, payload)
+    mparticle.reject_batches_where(lambda b: True)
+    worker = build_worker(app)
+    worker.run(once=True)
+    relay = services(app)
+    (letter,) = list_dead_letters(relay.redis, relay.keys)
+    mark_key = relay.keys.event(relay.keys.shard_for("mallory"), payload["event_id"])
+    mark_before, ttl_before = redis.hgetall(mark_key), redis.ttl(mark_key)
+    first_before = redis.hgetall(relay.keys.first(relay.keys.shard_for("mallory"),
+                                                  payload["data"]["delivery_id"]))
+    mparticle.reject_batches_where(None)
+
+    report = replay_dead_letters(relay.redis, relay.keys, [letter["id"]])
+    worker.run(once=True)
+
+    assert report.replayed == [letter["id"]]
+    assert mparticle.source_message_ids() == message_ids(payload)
+    assert list_dead_letters(relay.redis, relay.keys) == []
+    mark_after = redis.hgetall(mark_key)
+    unchanged = ("t", "r", "q", "d")
+    assert {k: mark_after[k] for k in unchanged} == {k: mark_before[k] for k in unchanged}
+    assert 0 < redis.ttl(mark_key) <= ttl_before  # the idempotency window was not restarted
+    assert redis.hgetall(relay.keys.first(relay.keys.shard_for("mallory"),
+                                          payload["data"]["delivery_id"])) == first_before
+    client = app.test_client()
+    body = encode(payload)
+    again = client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
+    assert again.get_json()["status"] == "duplicate"
+    assert queue_state(app) == (0, 0)
+
+
+def test_a_replay_of_all_dead_letters_delivers_each_event_once(app, mparticle):
+    payloads = [event("ann"), event("bob")]
+    send(app, *payloads)
+    mparticle.reject_batches_where(lambda b: True)
+    worker = build_worker(app)
+    worker.run(once=True)
+    mparticle.reject_batches_where(None)
+    relay = services(app)
+
+    report = replay_dead_letters(relay.redis, relay.keys)
+    worker.run(once=True)
+
+    assert len(report.replayed) == 2
+    assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
