@@ -63,12 +63,14 @@ def _check_web_settings(settings: Settings) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from app.admin.api import blueprint as admin_api
+    from app.admin.console import init_console
     from app.health import blueprint as health
     from app.webhooks.views import blueprint as webhooks
 
     app.register_blueprint(webhooks)
     app.register_blueprint(health)
     app.register_blueprint(admin_api)
+    init_console(app)  # the web console, its session and CSRF checks
 
 
 def _register_cli(app: Flask) -> None:

@@ -8,6 +8,8 @@ Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag
     cior:dead-letters             stream: events mParticle refused, quarantined payloads
     cior:toggles                  hash: admins' event-type overrides
     cior:mparticle:auth           string: set while mParticle refuses the credentials
+    cior:mparticle:health         hash: mParticle's last answer and rate-limit use
+    cior:relayed:<minute>         counter: events relayed that minute (TTL 1 hour)
 
 An event's mark, its delivery's first-occurrence flags and its queue entry share a
 hash tag, so the one script that writes them together runs on one Cluster node. The
@@ -60,6 +62,15 @@ class KeySpace:
     @property
     def toggle_changes(self) -> str:
         return f"{self.prefix}:toggles:changes"
+
+    @property
+    def mparticle_health(self) -> str:
+        """Hash: mParticle's last answer and rate-limit use, as the workers saw them."""
+        return f"{self.prefix}:mparticle:health"
+
+    def relayed_minute(self, minute: int) -> str:
+        """Counter of events relayed in one minute (unix time // 60); expires in an hour."""
+        return f"{self.prefix}:relayed:{minute}"
 
     @property
     def mparticle_auth(self) -> str:

@@ -1,1 +1,1 @@
-"""Admin and support surfaces: the bearer-token API (and, later, the console)."""
+"""Admin and support surfaces: the bearer-token JSON API and the web console."""

@@ -1,0 +1,429 @@
+"""The web console under /admin/: server-rendered pages for support and admins.
+
+Signed in with the admin token (a signed session cookie), every form CSRF-checked, no
+JavaScript. Thin over the same functions as the JSON API and the CLI: toggles,
+stories, dead letters, queue stats and what the workers last saw of mParticle.
+
+The JSON API owns ``/admin/events``, ``/admin/queue``, ``/admin/dead-letters``…, so the
+console's pages live under ``/admin/console/``; only the entry ``/admin/`` is shared.
+Off (404) when ``RELAY_ADMIN_TOKEN`` is unset, like the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from app import catalog, deadletters, relay_state, stories
+from app.services import services
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("admin_console", __name__, url_prefix="/admin")
+
+CONSOLE = "/admin/console"
+# Who a change made here is recorded as, beside the CLI's "cli:<user>" and the API's "by".
+ACTOR = "console"
+# A sign-in lasts a working day; the cookie is signed, so this is checked on every request.
+SESSION_LIFETIME = timedelta(hours=8)
+# How many dead letters the list shows, newest first (the CLI and API can page further).
+DEAD_LETTERS_SHOWN = 100
+# Endpoints a visitor may reach before signing in.
+_PUBLIC = frozenset({"admin_console.entry", "admin_console.sign_in"})
+
+_MPARTICLE_ANSWERS = {
+    202: "accepted",
+    400: "refused a batch",
+    401: "refused the credentials",
+    403: "refused the credentials",
+    429: "rate limited",
+}
+
+
+def init_console(app: Flask) -> None:
+    """Configure sessions and CSRF for the console and register its blueprint."""
+    token = services(app).settings.secrets.admin_token
+    if token:
+        # Every web process derives the same key from the token, with no new setting;
+        # changing the token signs everyone out.
+        app.config["SECRET_KEY"] = hashlib.sha256(b"cio-relay-console:" + token.encode()).digest()
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_PATH="/admin",
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        # Only the console's forms are checked (in require_sign_in): the webhook and the
+        # JSON API are not forms and cannot send a CSRF token.
+        WTF_CSRF_CHECK_DEFAULT=False,
+        # A form's token is good for as long as the sign-in, not one hour of it.
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    CSRFProtect(app)
+    app.register_blueprint(blueprint)
+
+
+# -- guard, headers, errors -----------------------------------------------------------
+
+
+@blueprint.before_request
+def require_sign_in() -> Response | None:
+    """404 while the console is off; sign-in for every page but the entry; CSRF on POST."""
+    if not services(current_app).settings.secrets.admin_token:
+        abort(404)
+    if request.endpoint not in _PUBLIC and not session.get("admin"):
+        if request.method == "GET":
+            return redirect(url_for(".sign_in", next=request.full_path.rstrip("?")))
+        flash("Your sign-in has ended: sign in again, then repeat what you were doing.", "error")
+        return redirect(url_for(".sign_in"), 303)
+    if request.method == "POST":
+        current_app.extensions["csrf"].protect()  # CSRFError (400) without a valid token
+    return None
+
+
+@blueprint.after_request
+def protect_pages(response: Response) -> Response:
+    """Admin data is neither cached, framed, nor allowed to load anything but our CSS."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return response
+
+
+@blueprint.errorhandler(CSRFError)
+def csrf_refused(exc: CSRFError) -> tuple[str, int]:
+    return _error_page(
+        400, "Form expired or not from this console",
+        f"{exc.description} Go back, reload the page and try again.",
+    )
+
+
+@blueprint.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> tuple[str, int]:
+    return _error_page(exc.code or 500, exc.name, exc.description or "")
+
+
+@blueprint.errorhandler(RedisError)
+def redis_unavailable(exc: RedisError) -> tuple[str, int]:
+    logger.error("console: redis unavailable: %s", exc.__class__.__name__)
+    return _error_page(503, "Redis cannot be reached",
+                       "The relay's Redis did not answer. Try again in a moment.")
+
+
+@blueprint.errorhandler(Exception)
+def unexpected_error(exc: Exception) -> tuple[str, int]:
+    logger.exception("console: unexpected error")
+    return _error_page(500, "Something went wrong",
+                       "The error is in the relay's log. Try again, or use the CLI.")
+
+
+def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
+    signed_in = bool(services(current_app).settings.secrets.admin_token and session.get("admin"))
+    return render_template("admin/error.html", status=status, title=title, message=message,
+                           signed_in=signed_in), status
+
+
+# -- entry, sign-in, sign-out -------------------------------------------------------
+
+
+@blueprint.get("/")
+def entry() -> Response:
+    """The console's home when signed in, else its sign-in page."""
+    return redirect(url_for(".event_types" if session.get("admin") else ".sign_in"))
+
+
+@blueprint.route("/console/login", methods=["GET", "POST"])
+def sign_in() -> Response | tuple[str, int]:
+    """Ask for the admin token; a match signs this browser in."""
+    next_page = _safe_next(request.values.get("next", ""))
+    if request.method == "GET":
+        if session.get("admin"):
+            return redirect(next_page or url_for(".event_types"))
+        return render_template("admin/login.html", next=next_page), 200
+    token = services(current_app).settings.secrets.admin_token
+    given = request.form.get("token", "").strip()
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
+        logger.warning("console sign-in refused: wrong token",
+                       extra={"remote_addr": request.remote_addr})
+        return render_template(
+            "admin/login.html", next=next_page,
+            error="That is not the admin token (RELAY_ADMIN_TOKEN). Check it and try again.",
+        ), 401
+    session.clear()  # a fresh session: nothing from before the sign-in carries over
+    session["admin"] = True
+    session.permanent = True
+    logger.info("console sign-in", extra={"remote_addr": request.remote_addr})
+    flash("Signed in.", "success")
+    return redirect(next_page or url_for(".event_types"), 303)
+
+
+@blueprint.post("/console/logout")
+def sign_out() -> Response:
+    """Forget this browser's sign-in."""
+    session.clear()
+    flash("Signed out.", "success")
+    return redirect(url_for(".sign_in"), 303)
+
+
+def _safe_next(target: str) -> str | None:
+    """A console path to return to after sign-in; never another site."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target or not parts.path.startswith(CONSOLE + "/"):
+        return None
+    return target
+
+
+# -- event types ----------------------------------------------------------------------
+
+
+@blueprint.get("/console/events")
+def event_types() -> str:
+    """Every event type: forwarded?, the file's default, the override and who set it."""
+    toggles = services(current_app).toggles.list()
+    channels: dict[str, list[Any]] = {}
+    for toggle in toggles:
+        channels.setdefault(catalog.CATALOG[toggle.name].object_type, []).append(toggle)
+    return render_template(
+        "admin/events.html",
+        channels=[(channel, catalog.CHANNEL_TITLES.get(channel, channel), rows)
+                  for channel, rows in channels.items()],
+        forwarded=sum(toggle.enabled for toggle in toggles),
+        overridden=sum(toggle.override is not None for toggle in toggles),
+        total=len(toggles),
+    )
+
+
+@blueprint.post("/console/events/<name>")
+def change_event_type(name: str) -> Response:
+    """Turn one event type on or off for every process, or back to its default."""
+    if name not in catalog.CATALOG:
+        abort(404, description=f"{name} is not a Customer.io event type the relay knows.")
+    toggles = services(current_app).toggles
+    action = request.form.get("action")
+    if action == "reset":
+        toggle = toggles.reset(name, actor=ACTOR)
+        flash(f"{name} is back to the file's default: "
+              f"{'forwarded' if toggle.enabled else 'not forwarded'}.", "success")
+    elif action in ("on", "off"):
+        toggles.set(name, action == "on", actor=ACTOR)
+        if action == "on":
+            flash(f"{name} turned on: these webhooks are queued for mParticle again.", "success")
+        else:
+            flash(f"{name} turned off: these webhooks are now answered “ignored”.", "success")
+    else:
+        abort(400, description='The form must say action = "on", "off" or "reset".')
+    return redirect(url_for(".event_types", _anchor=name), 303)
+
+
+# -- lookup ---------------------------------------------------------------------------
+
+
+@blueprint.get("/console/lookup")
+def lookup() -> str:
+    """An event's story by its event id, else a delivery's first-occurrence flags."""
+    query = request.args.get("q", "").strip()
+    story = flags = None
+    if query:
+        relay = services(current_app)
+        story = stories.find_event(relay.redis, relay.keys, query)
+        if story is None:
+            found = stories.first_flags(relay.redis, relay.keys, query)
+            flags = found if found["flags"] else None
+    return render_template("admin/lookup.html", q=query, story=story, flags=flags)
+
+
+# -- queue ----------------------------------------------------------------------------
+
+
+@blueprint.get("/console/queue")
+def queue() -> str:
+    """Queue length, pending, oldest age, throughput and mParticle's health."""
+    relay = services(current_app)
+    stats = relay.queue_stats()
+    state = relay_state.read_relay_state(relay.redis, relay.keys)
+    status = state["mparticle_last_status"]
+    return render_template(
+        "admin/queue.html",
+        stats=stats,
+        oldest_age=stories.oldest_age_seconds(relay.redis, relay.keys),
+        state=state,
+        answer=_mparticle_answer(status),
+        chart=_bars(state["relayed_per_minute"]),
+    )
+
+
+def _mparticle_answer(status: int | None) -> str:
+    if status is None:
+        return "no request yet"
+    if status in _MPARTICLE_ANSWERS:
+        return _MPARTICLE_ANSWERS[status]
+    return "server error, retrying" if status >= 500 else "unexpected answer"
+
+
+def _bars(per_minute: list[int]) -> dict[str, Any]:
+    """An inline SVG bar chart's geometry: one bar per minute, oldest first."""
+    height, width = 60, 6
+    peak = max(per_minute, default=0)
+    bars = []
+    for index, count in enumerate(per_minute):
+        bar = round(height * count / peak) if peak else 0
+        bars.append({"x": index * (width + 2), "y": height - bar, "height": bar,
+                     "width": width, "count": count, "minutes_ago": len(per_minute) - 1 - index})
+    return {"bars": bars, "peak": peak, "height": height,
+            "width": len(per_minute) * (width + 2)}
+
+
+# -- dead letters ---------------------------------------------------------------------
+
+
+@blueprint.get("/console/dead-letters")
+def dead_letters() -> str:
+    """The newest dead letters with their reasons."""
+    relay = services(current_app)
+    letters = deadletters.list_dead_letters(relay.redis, relay.keys, DEAD_LETTERS_SHOWN)
+    for letter in letters:
+        letter.setdefault("event_id", _event_id_in(letter.get("body", "")))
+    return render_template("admin/dead_letters.html", letters=letters,
+                           total=relay.redis.xlen(relay.keys.dead_letters))
+
+
+@blueprint.get("/console/dead-letters/<letter_id>")
+def dead_letter(letter_id: str) -> str:
+    """One dead letter, its reason and details, and its raw body."""
+    relay = services(current_app)
+    letter = deadletters.find_dead_letter(relay.redis, relay.keys, letter_id)
+    if letter is None:
+        abort(404, description=f"There is no dead letter {letter_id}: it may have been "
+                               "replayed already.")
+    letter.setdefault("event_id", _event_id_in(letter.get("body", "")))
+    return render_template("admin/dead_letter.html", letter=letter,
+                           problems=_problems(letter.get("details")))
+
+
+@blueprint.post("/console/dead-letters/<letter_id>/replay")
+def replay_dead_letter(letter_id: str) -> Response:
+    """Queue one dead letter again."""
+    relay = services(current_app)
+    report = deadletters.replay_dead_letters(relay.redis, relay.keys, [letter_id])
+    _flash_replay(report)
+    logger.info("console replayed dead letters", extra={"replayed": report.replayed})
+    return redirect(url_for(".dead_letters"), 303)
+
+
+@blueprint.post("/console/dead-letters/replay-all")
+def replay_all_dead_letters() -> Response:
+    """Queue every dead letter again, once the box saying so is ticked."""
+    if request.form.get("confirm") != "yes":
+        flash("Nothing was replayed: tick the box to confirm replaying every dead letter.",
+              "error")
+        return redirect(url_for(".dead_letters"), 303)
+    relay = services(current_app)
+    report = deadletters.replay_dead_letters(relay.redis, relay.keys, None)
+    _flash_replay(report)
+    logger.info("console replayed every dead letter", extra={"replayed": len(report.replayed)})
+    return redirect(url_for(".dead_letters"), 303)
+
+
+def _flash_replay(report: deadletters.ReplayReport) -> None:
+    if report.replayed:
+        count = len(report.replayed)
+        flash(f"Queued again: {count} dead letter{'s' if count != 1 else ''} "
+              f"({', '.join(report.replayed[:5])}{'…' if count > 5 else ''}).", "success")
+    for letter_id, problem in report.still_invalid.items():
+        flash(f"Kept {letter_id}: it is still not a usable webhook ({problem}).", "error")
+    for letter_id in report.not_found:
+        flash(f"There is no dead letter {letter_id}: it may have been replayed already.",
+              "error")
+    if not (report.replayed or report.still_invalid or report.not_found):
+        flash("There were no dead letters to replay.", "info")
+
+
+def _problems(details: Any, path: str = "") -> list[tuple[str, str]]:
+    """A quarantined payload's validation messages as (field path, message) pairs."""
+    if isinstance(details, dict):
+        return [problem for name, value in sorted(details.items())
+                for problem in _problems(value, f"{path}.{name}" if path else str(name))]
+    if isinstance(details, list) and all(isinstance(item, str) for item in details):
+        return [(path or "payload", " ".join(details))]
+    return [] if details is None else [(path or "payload", json.dumps(details))]
+
+
+def _event_id_in(body: str) -> str | None:
+    """The event_id a raw webhook body carries, if it is a JSON object with a string one."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    event_id = payload.get("event_id") if isinstance(payload, dict) else None
+    return event_id if isinstance(event_id, str) else None
+
+
+# -- template helpers -----------------------------------------------------------------
+
+
+@blueprint.app_template_filter("utc_ms")
+def utc_from_ms(ms: Any) -> str:
+    """Unix milliseconds as a UTC time for people."""
+    if ms in (None, ""):
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(ms) / 1000))
+
+
+@blueprint.app_template_filter("utc_s")
+def utc_from_seconds(seconds: Any) -> str:
+    """Unix seconds as a UTC time for people."""
+    return "—" if seconds in (None, "") else utc_from_ms(float(seconds) * 1000)
+
+
+@blueprint.app_template_filter("utc_s_short")
+def utc_minute_from_seconds(seconds: Any) -> str:
+    """Unix seconds as a UTC time to the minute, for narrow columns."""
+    if seconds in (None, ""):
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(seconds)))
+
+
+@blueprint.app_template_filter("duration")
+def duration(seconds: Any) -> str:
+    """Seconds as "3 d 4 h", "12 min 5 s", "0.4 s"."""
+    if seconds is None:
+        return "—"
+    value = float(seconds)
+    if value < 10:
+        return f"{value:.1f} s"
+    total = int(value)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"

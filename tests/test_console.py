@@ -1,0 +1,300 @@
+"""The web console under /admin/ through the Flask test client, on the real Redis.
+
+Forms are submitted as a browser would: the CSRF token is read from the rendered form.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from app import create_app, relay_state
+from app.runner import build_worker
+from app.services import services
+from tests.conftest import ADMIN_TOKEN
+from tests.support.webhooks import encode, signed_headers, webhook
+
+CONSOLE = "/admin/console"
+
+
+def csrf_token(page: Any) -> str:
+    """The CSRF token of the first form on a rendered page."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))
+    assert match, "the page has no form with a CSRF token"
+    return match.group(1)
+
+
+def sign_in(client: Any, token: str = ADMIN_TOKEN) -> Any:
+    form = client.get(f"{CONSOLE}/login")
+    return client.post(f"{CONSOLE}/login", data={"token": token, "csrf_token": csrf_token(form)})
+
+
+def submit(client: Any, page_path: str, form_url: str, **fields: str) -> Any:
+    """Post a console form with the CSRF token of the page it is on."""
+    token = csrf_token(client.get(page_path))
+    return client.post(form_url, data={"csrf_token": token, **fields})
+
+
+def post_webhook(client: Any, payload: Any) -> Any:
+    body = payload if isinstance(payload, bytes) else encode(payload)
+    return client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
+
+
+def text(response: Any) -> str:
+    """The page's text with entities decoded, for assertions on what a person reads."""
+    return html.unescape(response.get_data(as_text=True))
+
+
+@pytest.fixture
+def signed_in(client: Any) -> Any:
+    assert sign_in(client).status_code == 303
+    return client
+
+
+def test_console_is_not_found_when_no_admin_token_is_configured(make_settings, redis):
+    app = create_app(make_settings(RELAY_ADMIN_TOKEN=None), redis_client=redis)
+    client = app.test_client()
+
+    assert client.get("/admin/").status_code == 404
+    assert client.get(f"{CONSOLE}/login").status_code == 404
+    assert client.post(f"{CONSOLE}/login", data={"token": ""}).status_code == 404
+    assert client.get(f"{CONSOLE}/events").status_code == 404
+
+
+def test_admin_entry_sends_a_visitor_who_is_not_signed_in_to_the_sign_in_page(client):
+    entry = client.get("/admin/")
+    page = client.get(f"{CONSOLE}/queue")
+
+    assert (entry.status_code, entry.headers["Location"]) == (302, f"{CONSOLE}/login")
+    assert page.status_code == 302
+    assert page.headers["Location"] == f"{CONSOLE}/login?next=/admin/console/queue"
+    assert 'name="token"' in client.get(f"{CONSOLE}/login").get_data(as_text=True)
+
+
+def test_a_wrong_token_is_refused_with_401_and_is_never_logged(client, caplog):
+    caplog.set_level(logging.INFO, logger="app")
+    app_logger = logging.getLogger("app")
+    app_logger.addHandler(caplog.handler)  # the app's logger does not propagate to the root
+    try:
+        refused = sign_in(client, token="a-guess-at-the-token")
+    finally:
+        app_logger.removeHandler(caplog.handler)
+
+    assert refused.status_code == 401
+    assert "That is not the admin token" in text(refused)
+    assert client.get(f"{CONSOLE}/events").status_code == 302
+    assert "console sign-in refused" in caplog.text
+    assert "a-guess-at-the-token" not in caplog.text
+
+
+def test_signing_in_opens_the_console_and_signing_out_closes_it(client):
+    signed = sign_in(client)
+
+    assert (signed.status_code, signed.headers["Location"]) == (303, f"{CONSOLE}/events")
+    cookie = signed.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/admin" in cookie
+    assert client.get("/admin/").headers["Location"] == f"{CONSOLE}/events"
+    events = client.get(f"{CONSOLE}/events")
+    assert events.status_code == 200 and "Signed in." in text(events)
+
+    signed_out = submit(client, f"{CONSOLE}/events", f"{CONSOLE}/logout")
+
+    assert (signed_out.status_code, signed_out.headers["Location"]) == (303, f"{CONSOLE}/login")
+    assert client.get(f"{CONSOLE}/events").status_code == 302
+
+
+def test_sign_in_returns_to_the_console_page_asked_for_but_never_to_another_site(client):
+    form = client.get(f"{CONSOLE}/login?next=/admin/console/queue")
+    back = client.post(f"{CONSOLE}/login", data={
+        "token": ADMIN_TOKEN, "csrf_token": csrf_token(form), "next": "/admin/console/queue"})
+    client.post(f"{CONSOLE}/logout", data={"csrf_token": csrf_token(client.get(back.location))})
+    form = client.get(f"{CONSOLE}/login")
+    elsewhere = client.post(f"{CONSOLE}/login", data={
+        "token": ADMIN_TOKEN, "csrf_token": csrf_token(form),
+        "next": "//evil.example/admin/console/"})
+
+    assert back.headers["Location"] == f"{CONSOLE}/queue"
+    assert elsewhere.headers["Location"] == f"{CONSOLE}/events"
+
+
+def test_a_form_posted_without_its_csrf_token_is_refused_with_400(client, app):
+    refused_sign_in = client.post(f"{CONSOLE}/login", data={"token": ADMIN_TOKEN})
+    sign_in(client)
+    refused_toggle = client.post(f"{CONSOLE}/events/email_opened", data={"action": "off"})
+    forged_toggle = client.post(f"{CONSOLE}/events/email_opened",
+                                data={"action": "off", "csrf_token": "forged"})
+
+    assert refused_sign_in.status_code == 400
+    assert refused_toggle.status_code == 400 and forged_toggle.status_code == 400
+    assert "The CSRF token is missing." in text(refused_toggle)
+    assert services(app).toggles.get("email_opened").override is None
+
+
+def test_the_webhook_and_the_json_api_need_no_csrf_token(signed_in, app):
+    queued = post_webhook(signed_in, webhook("email", "opened"))
+    changed = signed_in.put("/admin/events", json={"events": {"push_sent": False}},
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+    assert queued.status_code == 202
+    assert changed.status_code == 200
+    assert services(app).toggles.get("push_sent").override is False
+
+
+def test_a_console_sign_in_does_not_open_the_bearer_token_api(signed_in):
+    assert signed_in.get("/admin/queue").status_code == 401
+    assert signed_in.get("/admin/events").status_code == 401
+
+
+def test_console_pages_are_neither_cached_nor_framed(signed_in):
+    page = signed_in.get(f"{CONSOLE}/queue")
+
+    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_event_types_page_shows_each_types_default_override_and_who_changed_it(signed_in, app):
+    services(app).toggles.set("email_drafted", True, actor="alice")
+
+    page = text(signed_in.get(f"{CONSOLE}/events"))
+
+    row = re.search(r'<tr id="email_drafted">(.*?)</tr>', page, re.S).group(1)
+    assert "<code>email_<wbr>drafted</code>" in row  # long names wrap at underscores
+    assert re.search(r"<td>off</td>\s*<td><strong>on</strong></td>", row)  # default, override
+    assert "alice" in row and "Turn off" in row and "Reset" in row
+    assert "21 of" in page  # the 20 feed defaults plus email_drafted
+
+
+def test_turning_an_event_type_off_in_the_console_changes_it_for_every_process(signed_in, app):
+    turned_off = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events/email_opened",
+                        action="off")
+    toggle = services(app).toggles.get("email_opened")
+    ignored = post_webhook(signed_in, webhook("email", "opened"))
+
+    assert turned_off.status_code == 303
+    assert turned_off.headers["Location"] == f"{CONSOLE}/events#email_opened"
+    assert (toggle.enabled, toggle.override, toggle.changed_by) == (False, False, "console")
+    assert ignored.get_json()["status"] == "ignored"
+    assert "email_opened turned off" in text(signed_in.get(f"{CONSOLE}/events"))
+
+    submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events/email_opened", action="reset")
+
+    assert services(app).toggles.get("email_opened").override is None
+
+
+def test_toggling_an_event_type_the_relay_does_not_know_is_not_found(signed_in):
+    response = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events/email_teleported",
+                      action="off")
+
+    assert response.status_code == 404
+    assert "not a Customer.io event type" in text(response)
+
+
+def test_lookup_by_event_id_shows_where_the_event_is(signed_in):
+    payload = webhook("email", "opened", delivery_id="delivery-lookup-1")
+    post_webhook(signed_in, payload)
+
+    page = text(signed_in.get(f"{CONSOLE}/lookup", query_string={"q": payload["event_id"]}))
+
+    assert f"Event <code>{payload['event_id']}</code>" in page
+    assert '<span class="badge badge-queued">queued</span>' in page
+    assert "waiting in the queue" in page
+    assert 'href="/admin/console/lookup?q=delivery-lookup-1"' in page
+
+
+def test_lookup_by_delivery_id_lists_its_first_events_with_links(signed_in):
+    opened = webhook("email", "opened", delivery_id="delivery-lookup-2")
+    clicked = webhook("email", "clicked", delivery_id="delivery-lookup-2")
+    for payload in (opened, clicked):
+        post_webhook(signed_in, payload)
+
+    page = text(signed_in.get(f"{CONSOLE}/lookup", query_string={"q": "delivery-lookup-2"}))
+
+    assert "Delivery <code>delivery-lookup-2</code>" in page
+    for payload in (opened, clicked):
+        assert f'href="/admin/console/lookup?q={payload["event_id"]}"' in page
+
+
+def test_lookup_of_an_unknown_id_says_nothing_was_found(signed_in):
+    page = text(signed_in.get(f"{CONSOLE}/lookup", query_string={"q": "no-such-id"}))
+
+    assert "Not found" in page and "<code>no-such-id</code>" in page
+
+
+def test_queue_page_shows_length_age_throughput_and_mparticle_health(signed_in, app):
+    post_webhook(signed_in, webhook("sms", "delivered"))
+    relay = services(app)
+    pipe = relay.redis.pipeline()
+    relay_state.record_delivery(pipe, relay.keys, status=429, events=7, rate_limit_percent=87.5)
+    pipe.execute()
+
+    page = text(signed_in.get(f"{CONSOLE}/queue"))
+
+    assert re.search(r'data-testid="queue-length">1<', page)
+    assert "<dt>Relayed in the last hour</dt><dd>7</dd>" in page
+    assert "HTTP 429 (rate limited)" in page
+    assert "87.5%" in page
+    assert "not refused" in page
+
+
+def test_a_quarantined_payload_can_be_read_raw_in_the_console(signed_in, app):
+    quarantined = post_webhook(signed_in, b'{"event_id": 5, "note": "<b>odd</b>"}').get_json()
+    letter_id = quarantined["dead_letter_id"]
+
+    listing = text(signed_in.get(f"{CONSOLE}/dead-letters"))
+    raw = signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}").get_data(as_text=True)
+
+    assert "not a usable reporting webhook" in listing and "quarantined" in listing
+    assert f'href="/admin/console/dead-letters/{letter_id}"' in listing
+    assert '{&#34;event_id&#34;: 5, &#34;note&#34;: &#34;&lt;b&gt;odd&lt;/b&gt;&#34;}</pre>' in raw
+    assert '<th scope="row"><code>event_id</code></th><td>Not a valid string.</td>' in raw
+    assert signed_in.get(f"{CONSOLE}/dead-letters/0-0").status_code == 404
+
+
+def _dead_letter_of_an_anonymous_event(client: Any, app: Any) -> str:
+    """Post an event that names nobody; the worker dead-letters it without sending."""
+    payload = webhook("sms", "delivered", customer_id=None, email=None)
+    assert post_webhook(client, payload).status_code == 202
+    build_worker(app).run(once=True)
+    relay = services(app)
+    (letter_id, fields), = relay.redis.xrange(relay.keys.dead_letters)
+    assert fields["reason"] == "no customer_id or email identifies the person"
+    return letter_id
+
+
+def test_replaying_a_dead_letter_from_the_console_queues_it_again(signed_in, app):
+    letter_id = _dead_letter_of_an_anonymous_event(signed_in, app)
+    relay = services(app)
+    assert relay.queue_stats()["length"] == 0
+
+    replayed = submit(signed_in, f"{CONSOLE}/dead-letters",
+                      f"{CONSOLE}/dead-letters/{letter_id}/replay")
+
+    assert replayed.headers["Location"] == f"{CONSOLE}/dead-letters"
+    assert relay.queue_stats() == {"length": 1, "pending": 0, "dead_letters": 0}
+    assert f"Queued again: 1 dead letter ({letter_id})" in text(
+        signed_in.get(f"{CONSOLE}/dead-letters"))
+
+
+def test_replay_all_needs_its_confirmation_box_ticked(signed_in, app):
+    _dead_letter_of_an_anonymous_event(signed_in, app)
+    quarantined = post_webhook(signed_in, b'{"event_id": 5}').get_json()["dead_letter_id"]
+    relay = services(app)
+
+    submit(signed_in, f"{CONSOLE}/dead-letters", f"{CONSOLE}/dead-letters/replay-all")
+    unconfirmed = text(signed_in.get(f"{CONSOLE}/dead-letters"))
+    assert "Nothing was replayed" in unconfirmed
+    assert relay.queue_stats()["dead_letters"] == 2
+
+    submit(signed_in, f"{CONSOLE}/dead-letters", f"{CONSOLE}/dead-letters/replay-all",
+           confirm="yes")
+    confirmed = text(signed_in.get(f"{CONSOLE}/dead-letters"))
+
+    assert "Queued again: 1 dead letter" in confirmed
+    assert f"Kept {quarantined}: it is still not a usable webhook" in confirmed
+    assert relay.queue_stats()["length"] == 1
+    assert relay.queue_stats()["dead_letters"] == 1
