@@ -7,18 +7,27 @@
 -- still fail (a queue key of the wrong type), comes before the others. Every other
 -- write goes to a key whose type a check above has already read.
 --
--- KEYS[1]  event mark        hash  s=status t=type r=received_ms q=queue entry d=delivery by=suppressor
+-- KEYS[1]  event mark        hash  s=status t=type q=queue entry (its id holds the time
+--                                  received; the entry, the delivery) n=copies received
+--                                  after the first; when suppressed: by=the first event,
+--                                  r=received_ms, d=delivery. Every byte here is kept
+--                                  8 days per event: nothing is stored twice.
 -- KEYS[2]  first-occurrence  hash  event type -> event_id that was forwarded
 -- KEYS[3]  queue             stream
--- ARGV     event_id, event_type, body, received_ms, event_ttl, first_ttl,
---          check_first ("1" or "0"), delivery_id ("" when none)
+-- ARGV     event_id, event_type, body field ("z" packed, "b" plain), body, received_ms,
+--          event_ttl, first_ttl, check_first ("1" or "0"), delivery_id ("" when none)
 local mark, first, queue = KEYS[1], KEYS[2], KEYS[3]
-local event_id, event_type, body, received_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local event_ttl, first_ttl, check_first, delivery_id = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local event_id, event_type, body_field, body = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local received_ms, event_ttl, first_ttl = ARGV[5], ARGV[6], ARGV[7]
+local check_first, delivery_id = ARGV[8], ARGV[9]
 
--- Checks: read only.
+-- Checks: read only. A mark that only tells the story of a copy that was not accepted
+-- (ignored while its type was off, quarantined) does not make this copy a duplicate.
 local status = redis.call('HGET', mark, 's')
-if status then
+local stale = status == 'ignored' or status == 'quarantined'
+if status and not stale then
+  -- Counting the copies is the one write on this path; the mark's type is a hash here.
+  redis.call('HINCRBY', mark, 'n', 1)
   if status == 'suppressed' then
     return {'suppressed', redis.call('HGET', mark, 'by') or ''}
   end
@@ -37,19 +46,19 @@ end
 
 -- Writes.
 local function remember(...)
-  redis.call('HSET', mark, 't', event_type, 'r', received_ms, ...)
-  if delivery_id ~= '' then
-    redis.call('HSET', mark, 'd', delivery_id)
+  if stale then
+    redis.call('DEL', mark)
   end
+  redis.call('HSET', mark, 't', event_type, ...)
   redis.call('EXPIRE', mark, event_ttl)
 end
 
 if earlier then
-  remember('s', 'suppressed', 'by', earlier)
+  remember('s', 'suppressed', 'by', earlier, 'r', received_ms, 'd', delivery_id)
   return {'suppressed', earlier}
 end
 
-local entry = redis.call('XADD', queue, '*', 'b', body)
+local entry = redis.call('XADD', queue, '*', body_field, body)
 if check_first == '1' then
   redis.call('HSET', first, event_type, event_id)
   redis.call('EXPIRE', first, first_ttl)

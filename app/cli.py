@@ -185,8 +185,11 @@ def dedup_show(event_id: str, as_json: bool) -> None:
     if story.get("source_request_id"):
         lines.append(f"mParticle  HTTP {story.get('mparticle_status')}, "
                      f"source_request_id {story['source_request_id']}")
-    if story.get("dead_letter_reason"):
-        lines.append(f"reason     {story['dead_letter_reason']}")
+    if story.get("reason"):
+        lines.append(f"reason     {story['reason']}")
+    if story.get("copies_received_after_first"):
+        lines.append(f"copies     {story['copies_received_after_first']} more received "
+                     "(answered duplicate or suppressed)")
     lines.append(f"mark TTL   {story['ttl_seconds']}s")
     _emit(story, as_json, "\n".join(lines))
 

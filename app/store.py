@@ -13,9 +13,22 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from app import queue_entry
 from app.keys import KeySpace
 
 ACCEPT_SCRIPT = resources.files("app").joinpath("accept_event.lua").read_text()
+
+# The story of an event that is not queued (ignored, quarantined): written only when
+# the event has no mark yet, so a later copy never rewrites what happened to the first.
+_NOTE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'n', 1)
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +73,14 @@ class EventStore:
         self._dead_letter_cap = dead_letter_max_entries
         self._clock = clock
         self._accept = redis.register_script(ACCEPT_SCRIPT)
+        self._note = redis.register_script(_NOTE_SCRIPT)
 
     def accept(self, event: IncomingEvent) -> Outcome:
         """Queue the event unless it is a duplicate or not the first of its kind."""
         shard = self._keys.shard_for(event.routing_key)
         delivery = event.delivery_id or ""
         check_first = self._first_only and bool(delivery)
+        ((body_field, body),) = queue_entry.pack(event.body).items()
         status, detail = self._accept(
             keys=[
                 self._keys.event(shard, event.event_id),
@@ -75,7 +90,8 @@ class EventStore:
             args=[
                 event.event_id,
                 event.event_type,
-                event.body,
+                body_field,
+                body,
                 int(self._clock() * 1000),
                 self._event_ttl,
                 self._first_ttl,
@@ -85,8 +101,21 @@ class EventStore:
         )
         return Outcome(_text(status), _text(detail))
 
-    def quarantine(self, body: bytes, reason: str, details: dict[str, Any]) -> str:
-        """Keep a signed but unusable payload, raw, in the dead-letter stream."""
+    def note_ignored(self, event: IncomingEvent, reason: str) -> None:
+        """Remember that an event was answered "ignored", and why (one round trip)."""
+        self._note(
+            keys=[self._keys.event(self._keys.shard_for(event.routing_key), event.event_id)],
+            args=[self._event_ttl, "s", "ignored", "t", event.event_type, "why", reason,
+                  "r", int(self._clock() * 1000)],
+        )
+
+    def quarantine(
+        self, body: bytes, reason: str, details: dict[str, Any], event_id: str | None = None
+    ) -> str:
+        """Keep a signed but unusable payload, raw, in the dead-letter stream.
+
+        When the payload names an event_id, its story says where the payload went.
+        """
         entry = {
             "kind": "quarantined",
             "reason": reason,
@@ -94,10 +123,16 @@ class EventStore:
             "body": body.decode("utf-8", "replace"),
             "at_ms": int(self._clock() * 1000),
         }
-        entry_id = self._redis.xadd(
+        entry_id = _text(self._redis.xadd(
             self._keys.dead_letters, entry, maxlen=self._dead_letter_cap, approximate=True
-        )
-        return _text(entry_id)
+        ))
+        if event_id:
+            self._note(
+                keys=[self._keys.event(self._keys.shard_for(event_id), event_id)],
+                args=[self._event_ttl, "s", "quarantined", "why", reason, "dl", entry_id,
+                      "r", entry["at_ms"]],
+            )
+        return entry_id
 
 
 def _text(value: Any) -> str:

@@ -6,9 +6,11 @@ because the shard depends on the person, which the caller may not know.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+from app import queue_entry
 from app.keys import CONSUMER_GROUP, KeySpace
 
 # Short field names keep each event's story small in Redis; these are the long ones.
@@ -22,8 +24,15 @@ STORY_FIELDS = {
     "at": "status_at_ms",
     "rid": "source_request_id",
     "st": "mparticle_status",
-    "why": "dead_letter_reason",
+    "why": "reason",
+    "n": "copies_received_after_first",
+    "dl": "dead_letter_id",
+    "a": "attempts",
 }
+
+
+# Stories of copies that were answered but not accepted; a later copy may still be.
+_NOT_ACCEPTED = frozenset({"ignored", "quarantined"})
 
 
 def find_event(redis: Any, keys: KeySpace, event_id: str) -> dict[str, Any] | None:
@@ -33,11 +42,15 @@ def find_event(redis: Any, keys: KeySpace, event_id: str) -> dict[str, Any] | No
         pipe.hgetall(keys.event(shard, event_id))
         pipe.ttl(keys.event(shard, event_id))
     replies = pipe.execute()
-    for shard in range(keys.shards):
-        story, ttl = replies[2 * shard], replies[2 * shard + 1]
-        if story:
-            return _story(redis, keys, shard, event_id, story, ttl)
-    return None
+    found = [(shard, replies[2 * shard], replies[2 * shard + 1])
+             for shard in range(keys.shards) if replies[2 * shard]]
+    if not found:
+        return None
+    # A payload quarantined before its person was known left its story on another shard
+    # than a later, accepted copy: the accepted copy's story is the one that matters.
+    found.sort(key=lambda item: item[1].get("s") in _NOT_ACCEPTED)
+    shard, story, ttl = found[0]
+    return _story(redis, keys, shard, event_id, story, ttl)
 
 
 def _story(
@@ -45,27 +58,40 @@ def _story(
 ) -> dict[str, Any]:
     story: dict[str, Any] = {"event_id": event_id, "seen": True, "ttl_seconds": ttl}
     story.update({STORY_FIELDS.get(name, name): value for name, value in raw.items()})
-    for name in ("received_at_ms", "status_at_ms", "mparticle_status"):
+    if "received_at_ms" not in story and story.get("queue_entry"):
+        # A queued event's receipt time is not stored twice: its stream id starts with it.
+        story["received_at_ms"] = story["queue_entry"].split("-", 1)[0]
+    if story.get("status") == "relayed":
+        story.setdefault("attempts", 1)  # counted only past the first
+    for name in ("received_at_ms", "status_at_ms", "mparticle_status",
+                 "copies_received_after_first", "attempts"):
         if name in story:
             story[name] = int(story[name])
     status = story.get("status")
     if status == "queued":
-        story["where"] = _queue_position(redis, keys, shard, story.get("queue_entry"))
+        story["where"] = _queue_position(redis, keys, shard, story)
     else:
         story["where"] = {
             "relayed": "relayed to mParticle",
             "dead_lettered": "in the dead-letter store",
             "suppressed": "not forwarded: not the first of its type for this delivery",
+            "ignored": f"not forwarded: {story.get('reason')}",
+            "quarantined": "in the dead-letter store, raw (quarantined: "
+                           f"{story.get('reason')})",
         }.get(status, status)
     return story
 
 
-def _queue_position(redis: Any, keys: KeySpace, shard: int, entry_id: str | None) -> str:
+def _queue_position(redis: Any, keys: KeySpace, shard: int, story: dict[str, Any]) -> str:
+    """Where a queued event is; fills in its delivery from the entry (not kept twice)."""
+    entry_id = story.get("queue_entry")
     if not entry_id:
         return "queued"
     queue = keys.queue(shard)
-    if not redis.xrange(queue, entry_id, entry_id):
+    entry = redis.xrange(queue, entry_id, entry_id)
+    if not entry:
         return "queued (entry no longer in the stream)"
+    story.setdefault("delivery_id", _delivery_of(entry[0][1]))
     try:
         pending = redis.xpending_range(queue, CONSUMER_GROUP, entry_id, entry_id, 1)
     except Exception as exc:  # no consumer group yet: no worker has started
@@ -76,6 +102,15 @@ def _queue_position(redis: Any, keys: KeySpace, shard: int, entry_id: str | None
         consumer = pending[0]["consumer"]
         return f"being sent by worker {consumer} (delivered {pending[0]['times_delivered']}x)"
     return "waiting in the queue"
+
+
+def _delivery_of(fields: dict[str, str]) -> str | None:
+    try:
+        data = json.loads(queue_entry.unpack(fields)).get("data")
+    except (KeyError, ValueError, AttributeError):
+        return None
+    delivery = data.get("delivery_id") if isinstance(data, dict) else None
+    return str(delivery) if delivery is not None else None
 
 
 def first_flags(redis: Any, keys: KeySpace, delivery_id: str) -> dict[str, Any]:

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from app import queue_entry
 from app.keys import KeySpace
 from app.store import EventStore, IncomingEvent, Outcome
+from app.stories import find_event
 
 EVENT_TTL = 1000
 FIRST_TTL = 5000
@@ -53,9 +57,10 @@ def incoming(
     event_type: str = "email_opened",
     delivery_id: str | None = "delivery-1",
     person: str = "42",
+    body: str | None = None,
 ) -> IncomingEvent:
     event_id = event_id or f"event-{next(_ids)}"
-    body = json.dumps({"event_id": event_id, "type": event_type, "person": person})
+    body = body or json.dumps({"event_id": event_id, "type": event_type, "person": person})
     return IncomingEvent(event_id, event_type, delivery_id, person, body)
 
 
@@ -82,13 +87,15 @@ def test_first_copy_of_an_event_is_queued_with_its_mark(store, redis, keys):
 
     assert outcome.status == "queued"
     entries = redis.xrange(queue_of(keys, event))
-    assert entries == [(outcome.detail, {"b": event.body})]
+    assert [(entry_id, queue_entry.unpack(fields)) for entry_id, fields in entries] == [
+        (outcome.detail, event.body)
+    ]
     mark = mark_of(redis, keys, event)
     assert mark["s"] == "queued"
     assert mark["q"] == outcome.detail
     assert mark["t"] == "email_opened"
-    assert mark["d"] == "delivery-1"
-    assert mark["r"] == str(int(NOW * 1000))
+    # Kept once, in the queue entry: its id holds the time received, its body the delivery.
+    assert "r" not in mark and "d" not in mark
 
 
 def test_second_copy_of_an_event_is_a_duplicate_and_not_queued_again(store, redis, keys):
@@ -96,9 +103,11 @@ def test_second_copy_of_an_event_is_a_duplicate_and_not_queued_again(store, redi
     store.accept(event)
 
     outcome = store.accept(event)
+    store.accept(event)
 
     assert outcome == Outcome("duplicate", "queued")
     assert total_queued(redis, keys) == 1
+    assert mark_of(redis, keys, event)["n"] == "2"  # copies received after the first
 
 
 def test_second_event_of_the_same_type_and_delivery_is_suppressed_by_the_first(store, redis, keys):
@@ -114,6 +123,8 @@ def test_second_event_of_the_same_type_and_delivery_is_suppressed_by_the_first(s
     assert mark["s"] == "suppressed"
     assert mark["by"] == first.event_id
     assert "q" not in mark
+    assert mark["r"] == str(int(NOW * 1000))
+    assert mark["d"] == "delivery-1"
 
 
 def test_a_retried_suppressed_event_is_suppressed_again_naming_the_same_first(store, redis, keys):
@@ -200,7 +211,7 @@ def _assert_marks_and_entries_agree(redis: redis_lib.Redis, keys: KeySpace) -> i
     entries: dict[str, dict[str, Any]] = {}
     for shard, queue in enumerate(keys.queues()):
         for entry_id, fields in redis.xrange(queue):
-            event_id = json.loads(fields["b"])["event_id"]
+            event_id = json.loads(queue_entry.unpack(fields))["event_id"]
             entries[f"{shard}/{entry_id}"] = {"event_id": event_id, "shard": shard}
     queued_marks = {}
     for shard in range(keys.shards):
@@ -322,3 +333,103 @@ def test_quarantine_keeps_the_raw_body_and_reason_in_the_dead_letter_stream(stor
     assert letter["body"] == body.decode()
     assert letter["at_ms"] == str(int(NOW * 1000))
     assert total_queued(redis, keys) == 0
+
+
+def test_a_queued_body_is_stored_packed_and_read_back_exactly(store, redis, keys):
+    body = json.dumps({
+        "event_id": "01E4C4CT6YDC7Y5M7FE1GWWPQJ", "object_type": "email", "metric": "opened",
+        "timestamp": 1613063089,
+        "data": {"customer_id": "42", "delivery_id": "RPILAgUBcRhIBqSfeiIwdIYJKxTY",
+                 "identifiers": {"id": "42", "email": "test@example.com", "cio_id": "d9c1"},
+                 "recipient": "test@example.com", "subject": "Héllo ✓", "action_id": 7},
+    }, separators=(",", ":"), ensure_ascii=False)
+    event = incoming(body=body)
+
+    store.accept(event)
+
+    [(_, fields)] = redis.xrange(queue_of(keys, event))
+    assert set(fields) == {"z"}
+    assert len(fields["z"]) < len(body.encode()) * 0.7
+    assert queue_entry.unpack(fields) == body
+
+
+def test_a_packed_entry_that_is_corrupt_is_refused_with_a_value_error():
+    with pytest.raises(ValueError, match="corrupt"):
+        queue_entry.unpack({"z": "bm90IGRlZmxhdGU="})
+    with pytest.raises(ValueError):
+        queue_entry.unpack({"z": "***"})
+
+
+def test_a_body_that_packing_would_not_shrink_is_stored_plain():
+    assert queue_entry.pack("{}") == {"b": "{}"}
+    assert queue_entry.unpack({"b": "{}"}) == "{}"
+
+
+def test_an_ignored_event_leaves_a_story_saying_why_with_the_mark_ttl(store, redis, keys):
+    event = incoming(event_type="email_drafted")
+
+    store.note_ignored(event, "event type turned off")
+
+    story = find_event(redis, keys, event.event_id)
+    assert story["status"] == "ignored"
+    assert story["reason"] == "event type turned off"
+    assert story["where"] == "not forwarded: event type turned off"
+    assert story["received_at_ms"] == int(NOW * 1000)
+    assert 0 < story["ttl_seconds"] <= EVENT_TTL
+    assert total_queued(redis, keys) == 0
+
+
+def test_an_ignored_copy_of_a_queued_event_keeps_the_queued_story(store, redis, keys):
+    event = incoming()
+    store.accept(event)
+
+    store.note_ignored(event, "event type turned off")
+
+    story = find_event(redis, keys, event.event_id)
+    assert story["status"] == "queued"
+    assert story["copies_received_after_first"] == 1
+
+
+def test_a_quarantined_payload_with_an_event_id_points_its_story_at_the_dead_letter(
+    store, redis, keys
+):
+    entry_id = store.quarantine(b'{"event_id": "q-1"}', "not a usable reporting webhook",
+                                {"metric": ["Missing data for required field."]}, "q-1")
+
+    story = find_event(redis, keys, "q-1")
+    assert story["status"] == "quarantined"
+    assert story["dead_letter_id"] == entry_id
+    assert story["reason"] == "not a usable reporting webhook"
+    assert redis.xrange(keys.dead_letters)[0][1]["body"] == '{"event_id": "q-1"}'
+    assert 0 < story["ttl_seconds"] <= EVENT_TTL
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_any_body_unpacks_to_exactly_what_was_packed(body):
+    assert queue_entry.unpack(queue_entry.pack(body)) == body
+
+
+def test_an_event_ignored_while_its_type_was_off_is_queued_when_sent_again(store, redis, keys):
+    event = incoming()
+    store.note_ignored(event, "event type turned off")
+
+    outcome = store.accept(event)
+
+    assert outcome.status == "queued"
+    mark = mark_of(redis, keys, event)
+    assert mark["s"] == "queued"
+    assert "why" not in mark  # the ignored copy's story is replaced, not mixed in
+    assert total_queued(redis, keys) == 1
+    assert store.accept(event).status == "duplicate"
+
+
+def test_an_event_quarantined_once_and_accepted_later_tells_the_accepted_story(
+    store, redis, keys
+):
+    event = incoming()
+    store.quarantine(b"{}", "not a usable reporting webhook", {}, event.event_id)
+
+    assert store.accept(event).status == "queued"
+
+    assert find_event(redis, keys, event.event_id)["status"] == "queued"
