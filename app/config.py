@@ -24,6 +24,9 @@ DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings.toml"
 
 DAY = 24 * 60 * 60
 
+# Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every 10 h; never dropped.
+DEFAULT_RETRY_SCHEDULE_SECONDS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+
 
 class ConfigError(Exception):
     """Configuration is missing, malformed or contradictory; the message is one line."""
@@ -100,8 +103,18 @@ class RelaySection(_Section):
         strict=True, load_default=128 * 1024, validate=validate.Range(min=1024, max=128 * 1024)
     )
     claim_idle_seconds = _positive_int(60)
-    retry_base_seconds = _positive_float(1.0)
-    retry_max_seconds = _positive_float(300.0)
+    retry_schedule_seconds = fields.List(
+        StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=7 * DAY)),
+        load_default=lambda: list(DEFAULT_RETRY_SCHEDULE_SECONDS),
+        validate=validate.Length(min=1, max=50),
+    )
+    retry_jitter_ratio = StrictFloat(load_default=0.2, validate=validate.Range(min=0, max=1))
+    slow_down_at_rate_limit_percent = StrictFloat(
+        load_default=80.0, validate=validate.Range(min=0, max=100)
+    )
+    slow_down_max_seconds = StrictFloat(
+        load_default=1.0, validate=validate.Range(min=0, max=60)
+    )
     auth_recheck_seconds = _positive_float(60.0)
     dead_letter_max_entries = _positive_int(100_000)
 
@@ -193,6 +206,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     sections = {name: _load_section(path, name, schema, raw.get(name, {}))
                 for name, schema in SECTIONS.items()}
     _check_relay_limits(path, sections["relay"])
+    _check_claim_outlasts_a_request(path, sections["relay"], sections["mparticle"])
     return Settings(
         events=_load_events(path, raw.get("events", {})),
         redis_url=env.get("REDIS_URL") or None,
@@ -220,6 +234,9 @@ def _load_section(path: Path, name: str, schema: type[Schema], values: Any) -> d
         return schema().load(values)
     except ValidationError as exc:
         key, messages = next(iter(exc.normalized_messages().items()))
+        if isinstance(messages, dict):  # a list's item: {index: [message]}
+            index, inner = next(iter(messages.items()))
+            messages = [f"item {index}: {inner[0] if isinstance(inner, list) else inner}"]
         message = messages[0] if isinstance(messages, list) else messages
         raise ConfigError(f"{path}: [{name}] {key}: {message}") from None
 
@@ -231,6 +248,20 @@ def _check_relay_limits(path: Path, relay: dict[str, Any]) -> None:
         raise ConfigError(
             f"{path}: [relay] max_batch_bytes: must be less than max_request_bytes - 1, "
             "so a full batch fits in one request"
+        )
+
+
+def _check_claim_outlasts_a_request(
+    path: Path, relay: dict[str, Any], mparticle: dict[str, Any]
+) -> None:
+    # Another worker takes over entries idle for claim_idle_seconds; if one request could
+    # take longer than that, a live worker's request would be sent twice.
+    request_seconds = mparticle["connect_timeout_seconds"] + mparticle["read_timeout_seconds"]
+    if relay["claim_idle_seconds"] <= request_seconds:
+        raise ConfigError(
+            f"{path}: [relay] claim_idle_seconds: must be more than [mparticle] "
+            f"connect_timeout_seconds + read_timeout_seconds ({request_seconds:g}), so no "
+            "worker takes over a request still in flight"
         )
 
 

@@ -4,11 +4,13 @@ Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag
 
     cior:{q3}:queue               stream: accepted events waiting for mParticle
     cior:{q3}:event:<event_id>    hash: dedup mark and story of one event (TTL 8 days)
+                                  (also for ignored and quarantined events)
     cior:{q3}:first:<delivery_id> hash: event type -> first event_id (TTL 90 days)
     cior:dead-letters             stream: events mParticle refused, quarantined payloads
     cior:toggles                  hash: admins' event-type overrides
     cior:mparticle:auth           string: set while mParticle refuses the credentials
     cior:mparticle:health         hash: mParticle's last answer and rate-limit use
+    cior:mparticle:throttle:<id>  string: every worker waits out its TTL (id: hash of the key)
     cior:relayed:<minute>         counter: events relayed that minute (TTL 1 hour)
 
 An event's mark, its delivery's first-occurrence flags and its queue entry share a
@@ -76,3 +78,10 @@ class KeySpace:
     def mparticle_auth(self) -> str:
         """Set while mParticle refuses the credentials; /readyz reports not ready."""
         return f"{self.prefix}:mparticle:auth"
+
+    def mparticle_throttle(self, credential: str) -> str:
+        """String whose TTL is how long every worker waits before sending with a credential.
+
+        ``credential`` is a short hash of the API key, never the key itself.
+        """
+        return f"{self.prefix}:mparticle:throttle:{credential}"

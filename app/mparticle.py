@@ -18,6 +18,7 @@ do (wait, split, stop) without knowing about `requests` or status codes:
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import logging
 import math
 import re
@@ -71,9 +72,11 @@ class RetryableError(MParticleError):
         status: int | None = None,
         retry_after: float | None = None,
         body: str = "",
+        rate_limit_percent_used: float | None = None,
     ) -> None:
         super().__init__(reason, status=status, body=body)
         self.retry_after = retry_after
+        self.rate_limit_percent_used = rate_limit_percent_used
 
 
 class RejectedError(MParticleError):
@@ -130,6 +133,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
+def credential_id(api_key: str) -> str:
+    """Name an API key without revealing it: 12 hex digits of its SHA-256."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:12]
+
+
 def classify_status(status: int) -> type[MParticleError] | None:
     """Return the error a status means, or None for success (2xx)."""
     if 200 <= status < 300:
@@ -163,6 +171,7 @@ def _retryable_for(response: requests.Response) -> RetryableError:
         status=status,
         retry_after=parse_retry_after(response.headers.get("Retry-After")),
         body=_error_body(response),
+        rate_limit_percent_used=_parse_percent(response.headers.get(RATE_LIMIT_HEADER)),
     )
 
 
@@ -198,7 +207,12 @@ class MParticleClient:
         self.user_agent = user_agent
 
     def __repr__(self) -> str:
-        return f"MParticleClient(base_url={self.base_url!r}, api_key={self.api_key!r})"
+        return f"MParticleClient(base_url={self.base_url!r}, credential={self.credential_id})"
+
+    @property
+    def credential_id(self) -> str:
+        """A short, stable name for this feed's key, safe to log and to put in a Redis key."""
+        return credential_id(self.api_key)
 
     @property
     def bulk_url(self) -> str:

@@ -3,15 +3,21 @@
 Error policy, in order (CONTRACT §5):
 
 * 202: acknowledged and deleted from the stream; each event's story says "relayed".
-* 429: wait Retry-After, else exponential backoff with full jitter; retry byte-identical.
-* 5xx, timeouts, connection errors: the same backoff; nothing is dropped.
+  When mParticle says its rate limit is nearly used up, every worker pauses a little.
+* 429: wait Retry-After (capped), else the next step of ``retry_schedule_seconds``
+  with jitter; retry byte-identical.
+* 5xx, timeouts, connection errors: the same schedule; nothing is ever dropped.
 * 400/413/422: split the request in halves until the refused batch is alone, and
   dead-letter only that batch, with mParticle's answer.
 * 401/403: stop sending, keep everything queued, report not ready, one log line;
   re-check the credentials every ``auth_recheck_seconds`` and resume by itself.
 
+A wait is shared: it is kept in Redis per mParticle credential, and every worker waits
+it out before sending, so one worker's 429 pauses them all.
+
 Entries stay pending in the consumer group until mParticle has them, so a killed
 worker loses nothing: another takes its entries over after ``claim_idle_seconds``.
+A live worker renews its claim on everything it holds while it sends or waits.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import catalog, mapping
+from app import catalog, mapping, queue_entry, relay_state
 from app.batching import (
     BulkRequest,
     QueuedEvent,
@@ -43,7 +49,13 @@ from app.batching import (
 from app.config import Settings
 from app.keys import CONSUMER_GROUP, KeySpace
 from app.metrics import RelayMetrics
-from app.mparticle import AuthError, BulkResult, RejectedError, RetryableError
+from app.mparticle import (
+    AuthError,
+    BulkResult,
+    RejectedError,
+    RetryableError,
+    credential_id,
+)
 from app.webhooks.schemas import load_webhook
 
 logger = logging.getLogger(__name__)
@@ -57,8 +69,37 @@ end
 return 0
 """
 
-# Backoff while Redis itself is unreachable: the worker waits and reconnects by itself.
-_REDIS_RETRY_MAX_SECONDS = 30.0
+# The stories of the events of one request that were relayed, all in one queue shard (one
+# Cluster slot): KEYS are their marks; ARGV: time (ms), mParticle's status, attempts ("" for
+# the first), then each mark's source_request_id. Like _UPDATE_STORY, only marks that exist.
+_MARK_RELAYED = """
+for i, mark in ipairs(KEYS) do
+  if redis.call('EXISTS', mark) == 1 then
+    redis.call('HSET', mark, 's', 'relayed', 'at', ARGV[1], 'rid', ARGV[3 + i], 'st', ARGV[2])
+    if ARGV[3] ~= '' then
+      redis.call('HSET', mark, 'a', ARGV[3])
+    end
+  end
+end
+return 0
+"""
+
+# Makes every worker wait at least ARGV[1] ms before sending with one credential. The
+# wait is the key's TTL, so workers on different hosts need no common clock; a shorter
+# wait never cuts a longer one short (one worker's Retry-After: 60 stands).
+_EXTEND_THROTTLE = """
+local left = redis.call('PTTL', KEYS[1])
+local wanted = tonumber(ARGV[1])
+if left < wanted then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', wanted)
+  return wanted
+end
+return left
+"""
+
+# Backoff while Redis itself is unreachable, or after an unexpected error: the worker
+# waits and carries on by itself.
+_LOOP_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -111,9 +152,20 @@ class RelayWorker:
         self._clock = clock
         self._stopping = threading.Event()
         self._update_story = redis.register_script(_UPDATE_STORY)
+        self._mark_relayed = redis.register_script(_MARK_RELAYED)
         self._auth_blocked_until: float | None = None
         self._next_claim_at = 0.0
         self._event_style = settings.mparticle["event_names"]
+        # The wait every worker respects before sending with this credential (a hash of
+        # the API key, never the key itself).
+        self._extend_throttle = redis.register_script(_EXTEND_THROTTLE)
+        self._throttle_key = keys.mparticle_throttle(
+            credential_id(settings.secrets.mparticle_api_key or "dry-run")
+        )
+        # Requests read in this pass and not yet done: their claims are renewed while
+        # the worker sends or waits, so no other worker takes them over meanwhile.
+        self._held: list[BulkRequest] = []
+        self._claims_renewed_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -140,7 +192,7 @@ class RelayWorker:
     def run(self, *, once: bool = False) -> None:
         """Relay until stopped (or one pass with ``once=True``, for tests)."""
         logger.info("worker %s started", self.consumer)
-        redis_failures = 0
+        failures = 0
         groups_ready = False
         while not self.stopping:
             try:
@@ -148,26 +200,41 @@ class RelayWorker:
                     self.ensure_groups()
                     groups_ready = True
                 worked = self.relay_pending()
-                redis_failures = 0
+                failures = 0
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                redis_failures += 1
+                failures += 1
                 groups_ready = False
-                wait = min(_REDIS_RETRY_MAX_SECONDS, 0.5 * 2 ** min(redis_failures, 6))
+                wait = _loop_backoff(failures)
                 logger.error("redis unavailable (%s); retrying in %.1fs",
                              exc.__class__.__name__, wait)
                 self._sleep(wait)
                 worked = True
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
-                    raise
-                logger.warning("consumer group missing (Redis restarted empty?); recreating")
-                self.ensure_groups()
+                    failures += 1
+                    self._survive(failures)
+                else:
+                    logger.warning("consumer group missing (Redis restarted empty?); recreating")
+                groups_ready = False  # recreated at the top of the next pass
+                worked = True
+            except Exception:
+                # One bad moment (a bug, an odd entry, a library surprise) must not end the
+                # worker: whatever it held stays pending and is read again next pass.
+                failures += 1
+                self._survive(failures)
                 worked = True
             if once:
                 break
             if not worked:
                 self._sleep(self._relay["poll_interval_seconds"])
         logger.info("worker %s stopped", self.consumer)
+
+    def _survive(self, failures: int) -> None:
+        """Log an unexpected error with its traceback, then back off before going on."""
+        wait = _loop_backoff(failures)
+        logger.exception("unexpected error in the relay loop; carrying on in %.1fs", wait)
+        self._held = []
+        self._sleep(wait)
 
     # -- one pass --------------------------------------------------------------------
 
@@ -191,10 +258,16 @@ class RelayWorker:
             max_batches=self._relay["max_batches_per_request"],
             max_request_bytes=self._relay["max_request_bytes"],
         )
-        for request in requests:
-            if self.stopping or self._auth_blocked_until is not None:
-                break
-            self._deliver(request)
+        self._held = list(requests)
+        self._claims_renewed_at = time.monotonic()  # just read or claimed: idle time is 0
+        try:
+            for request in requests:
+                if self.stopping or self._auth_blocked_until is not None:
+                    break
+                self._deliver(request)
+                self._held.pop(0)
+        finally:
+            self._held = []
         return True
 
     def _read_entries(self) -> list[tuple[int, str, dict[str, str]]]:
@@ -210,11 +283,15 @@ class RelayWorker:
         if not entries and self._clock() >= self._next_claim_at:
             entries += self._claim_stale(queues, count)
         if not entries:
-            pipe = self._redis.pipeline(transaction=False)
-            for queue in queues:
-                pipe.xreadgroup(CONSUMER_GROUP, self.consumer, {queue: ">"}, count=count)
-            for shard, reply in enumerate(pipe.execute()):
-                entries += _entries_of(shard, reply)
+            # Shard by shard from a random one, until the pass is full: under load each
+            # worker then holds about one shard, and the others stay free for the rest.
+            start = random.randrange(len(queues))  # noqa: S311 - spreading, not security
+            for shard in [*range(start, len(queues)), *range(start)]:
+                reply = _read_new_in_order(self._redis, queues[shard], self.consumer,
+                                           count - len(entries))
+                entries += _entries_of(shard, _stream_reply(reply))
+                if len(entries) >= count:
+                    break
         gone = [(shard, entry_id) for shard, entry_id, fields in entries if not fields]
         if gone:  # pending, but deleted from the stream already: nothing left to send
             pipe = self._redis.pipeline(transaction=False)
@@ -247,7 +324,8 @@ class RelayWorker:
             try:
                 # The view's own check again: an entry written by anything else (a hand,
                 # an older version) must become a dead letter, not stop the worker.
-                webhook = load_webhook(json.loads(fields["b"]))
+                body = queue_entry.unpack(fields)
+                webhook = load_webhook(json.loads(body))
             except (KeyError, TypeError, ValueError, ValidationError):
                 placeholder = QueuedEvent(
                     queue, shard, entry_id, "", "", {}, {}, raw=str(fields.get("b", fields))
@@ -263,7 +341,7 @@ class RelayWorker:
                 queue=queue, shard=shard, entry_id=entry_id, event_id=event_id,
                 event_type=name, identities=identities,
                 event=mapping.map_event(webhook, event_name),
-                received_ms=_entry_ms(entry_id), raw=fields["b"],
+                received_ms=_entry_ms(entry_id), raw=body,
             )
             if not identities:
                 unusable.append(
@@ -281,33 +359,90 @@ class RelayWorker:
         """Send one request until mParticle takes it (or refuses part of it for good)."""
         attempt = 0
         while not self.stopping:
+            self._wait_for_throttle()
+            if self.stopping:
+                return
+            self._renew_claims_if_due()
             attempt += 1
             started = time.perf_counter()
             try:
                 result = self._client.send_bulk(request.body)
             except RetryableError as exc:
-                self._metrics.request_seconds.observe(time.perf_counter() - started)
+                elapsed = self._observe(started)
                 reason = "throttled" if exc.status == 429 else "unavailable"
                 self._metrics.retried.labels(reason=reason).inc()
-                wait = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
-                logger.warning(
-                    "mParticle %s (%s); retrying %d events in %.1fs",
-                    reason, exc.status or exc.reason, len(request.events), wait,
-                    extra={"status": exc.status, "attempt": attempt},
+                wait = self.retry_wait(attempt, exc.retry_after)
+                self._log_request(
+                    logging.WARNING, request, attempt, elapsed, exc.status, reason,
+                    exc.rate_limit_percent_used, retry_in=wait, error=exc.reason,
                 )
-                self._wait_keeping_claim(request, wait)
+                self._record_answer(exc.status, exc.rate_limit_percent_used)
+                self.throttle_all(wait, reason)
                 continue
             except RejectedError as exc:
-                self._metrics.request_seconds.observe(time.perf_counter() - started)
+                elapsed = self._observe(started)
+                self._log_request(logging.WARNING, request, attempt, elapsed, exc.status,
+                                  "refused", None)
+                self._record_answer(exc.status, None)
                 self._handle_rejection(request, exc, attempt)
                 return
             except AuthError as exc:
-                self._metrics.request_seconds.observe(time.perf_counter() - started)
+                elapsed = self._observe(started)
+                self._log_request(logging.ERROR, request, attempt, elapsed, exc.status,
+                                  "credentials_refused", None)
+                self._record_answer(exc.status, None)
                 self._block_on_auth(exc)
                 return
-            self._metrics.request_seconds.observe(time.perf_counter() - started)
-            self._acknowledge(request, result)
+            elapsed = self._observe(started)
+            pause = self._slow_down_seconds(result.rate_limit_percent_used)
+            self._acknowledge(request, result, attempt)
+            self._log_request(logging.INFO, request, attempt, elapsed, result.status, "relayed",
+                              result.rate_limit_percent_used, slow_down=pause)
+            if pause > 0:
+                self.throttle_all(pause, "rate limit nearly used")
             return
+
+    def _observe(self, started: float) -> float:
+        elapsed = time.perf_counter() - started
+        self._metrics.request_seconds.observe(elapsed)
+        return elapsed
+
+    def _log_request(
+        self,
+        level: int,
+        request: BulkRequest,
+        attempt: int,
+        elapsed: float,
+        status: int | None,
+        outcome: str,
+        rate_limit_percent: float | None,
+        *,
+        retry_in: float | None = None,
+        slow_down: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """One line per mParticle request, for operators to follow: never a credential."""
+        extra: dict[str, Any] = {
+            "outcome": outcome,
+            "status": status,
+            "events": len(request.events),
+            "batches": len(request.batches),
+            "source_request_ids": len({batch.source_request_id for batch in request.batches}),
+            "attempt": attempt,
+            "latency_ms": round(elapsed * 1000, 1),
+            "rate_limit_percent": rate_limit_percent,
+        }
+        if retry_in is not None:
+            extra["retry_in_seconds"] = round(retry_in, 3)
+        if slow_down:
+            extra["slow_down_seconds"] = round(slow_down, 3)
+        if error:
+            extra["error"] = error[:300]
+        logger.log(
+            level, "mParticle request: %s (%s), %d events in %d batches, attempt %d",
+            outcome, status if status is not None else "no answer", extra["events"],
+            extra["batches"], attempt, extra=extra,
+        )
 
     def _handle_rejection(self, request: BulkRequest, exc: RejectedError, attempt: int) -> None:
         if len(request.batches) > 1:
@@ -325,37 +460,86 @@ class RelayWorker:
         )
         self._dead_letter(request.events, letter)
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, capped."""
-        ceiling = min(
-            self._relay["retry_max_seconds"], self._relay["retry_base_seconds"] * 2 ** (attempt - 1)
-        )
-        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not security
+    # -- waiting -----------------------------------------------------------------------
 
-    def _wait_keeping_claim(self, request: BulkRequest, seconds: float) -> None:
-        """Wait before a retry, holding on to the entries all the while.
+    def retry_wait(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt``: Retry-After, else the schedule.
 
-        A wait (Retry-After, backoff up to retry_max_seconds) can outlast
-        claim_idle_seconds; without a renewed claim another worker would take the
-        entries over and send them while this one still means to.
+        Retry-After is capped at the schedule's largest step, so a wrong header cannot stall
+        the feed for days; the schedule's last step repeats forever, with jitter.
+        """
+        schedule = self._relay["retry_schedule_seconds"]
+        if retry_after is not None:
+            return min(retry_after, max(schedule))
+        step = schedule[min(attempt, len(schedule)) - 1]
+        ratio = self._relay["retry_jitter_ratio"]
+        return random.uniform(step * (1 - ratio), step * (1 + ratio))  # noqa: S311 - jitter
+
+    def _slow_down_seconds(self, percent: float | None) -> float:
+        """A pause that grows as mParticle's rate limit fills up, 0 below the threshold."""
+        threshold = self._relay["slow_down_at_rate_limit_percent"]
+        if percent is None or percent < threshold:
+            return 0.0
+        longest = self._relay["slow_down_max_seconds"]
+        if threshold >= 100:
+            return longest
+        return longest * min(1.0, (percent - threshold) / (100 - threshold))
+
+    def throttle_all(self, seconds: float, reason: str) -> None:
+        """Make every worker sending with this credential wait ``seconds`` (or longer)."""
+        wanted_ms = int(seconds * 1000)
+        if wanted_ms >= 1:
+            self._extend_throttle(keys=[self._throttle_key], args=[wanted_ms, reason])
+
+    def throttled_for(self) -> float:
+        """Seconds left before any worker may send with this credential."""
+        left_ms = self._redis.pttl(self._throttle_key)
+        return max(0, left_ms) / 1000
+
+    def _wait_for_throttle(self) -> None:
+        """Wait out the shared wait (it may grow meanwhile), keeping what this worker holds."""
+        while not self.stopping:
+            left = self.throttled_for()
+            if left <= 0:
+                return
+            self._wait_keeping_claim(left)
+
+    def _wait_keeping_claim(self, seconds: float) -> None:
+        """Wait, holding on to the entries of this pass all the while.
+
+        A wait (Retry-After, a schedule step of hours) can outlast claim_idle_seconds;
+        without a renewed claim another worker would take the entries over and send them
+        while this one still means to.
         """
         renew_every = self._relay["claim_idle_seconds"] / 3
         remaining = seconds
         while True:
-            self._keep_claimed(request)
+            self._renew_claims_if_due()
             step = min(remaining, renew_every)
             self._sleep(step)
             remaining -= step
             if remaining <= 0 or self.stopping:
                 return
 
-    def _keep_claimed(self, request: BulkRequest) -> None:
-        """Reset the entries' idle time so no other worker takes over what we still retry."""
-        by_queue: dict[str, list[str]] = {}
-        for event in request.events:
-            by_queue.setdefault(event.queue, []).append(event.entry_id)
-        for queue, ids in by_queue.items():
+    def _renew_claims_if_due(self) -> None:
+        """Reset the idle time of every entry this pass still holds, a third of the way in.
+
+        A pass holds up to read_count entries in several requests; while the first is
+        sent (or waits), the others must not look abandoned to another worker.
+        """
+        if time.monotonic() - self._claims_renewed_at < self._relay["claim_idle_seconds"] / 3:
+            return
+        held = [event for request in self._held for event in request.events]
+        for queue, ids in _entries_by_queue(held).items():
             self._redis.xclaim(queue, CONSUMER_GROUP, self.consumer, 0, ids, justid=True)
+        self._claims_renewed_at = time.monotonic()
+
+    def _record_answer(self, status: int | None, rate_limit_percent: float | None) -> None:
+        """Note a failed answer for /readyz and the console (successes: in _acknowledge)."""
+        pipe = self._redis.pipeline(transaction=False)
+        relay_state.record_delivery(pipe, self._keys, status=status, events=0,
+                                    rate_limit_percent=rate_limit_percent)
+        pipe.execute()
 
     def _block_on_auth(self, exc: AuthError) -> None:
         if self._auth_blocked_until is None:
@@ -386,23 +570,33 @@ class RelayWorker:
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def _acknowledge(self, request: BulkRequest, result: BulkResult) -> None:
-        """Ack and delete the sent entries and note in each story that it was relayed."""
+    def _acknowledge(self, request: BulkRequest, result: BulkResult, attempt: int = 1) -> None:
+        """Ack and delete the sent entries and note in each story that it was relayed.
+
+        The story counts the attempts only past the first: most events need one, and
+        every byte of a story is kept for 8 days.
+        """
         now_ms = int(self._clock() * 1000)
         pipe = self._redis.pipeline(transaction=False)
         # mParticle took the credentials, so any "refused" flag is stale, e.g. one a worker
         # set before it was restarted with the corrected secret; /readyz reads it.
         pipe.delete(self._keys.mparticle_auth)
+        for queue, entry_ids in _entries_by_queue(request.events).items():
+            pipe.xack(queue, CONSUMER_GROUP, *entry_ids)
+            pipe.xdel(queue, *entry_ids)
+        marks_by_shard: dict[int, tuple[list[str], list[str]]] = {}
         for batch in request.batches:
             for event in batch.events:
-                pipe.xack(event.queue, CONSUMER_GROUP, event.entry_id)
-                pipe.xdel(event.queue, event.entry_id)
-                self._update_story(
-                    keys=[self._keys.event(event.shard, event.event_id)],
-                    args=["s", "relayed", "at", now_ms, "rid", batch.source_request_id,
-                          "st", result.status],
-                    client=pipe,
-                )
+                marks, request_ids = marks_by_shard.setdefault(event.shard, ([], []))
+                marks.append(self._keys.event(event.shard, event.event_id))
+                request_ids.append(batch.source_request_id)
+        for marks, request_ids in marks_by_shard.values():  # one call per shard (slot)
+            _queue_script(pipe, self._mark_relayed, marks,
+                          [now_ms, result.status, attempt if attempt > 1 else "", *request_ids])
+        relay_state.record_delivery(
+            pipe, self._keys, status=result.status, events=len(request.events),
+            rate_limit_percent=result.rate_limit_percent_used, now=now_ms / 1000,
+        )
         pipe.execute()
         self._metrics.relayed.inc(len(request.events))
         for event in request.events:
@@ -410,10 +604,6 @@ class RelayWorker:
                 self._metrics.relay_latency_seconds.observe(
                     max(0.0, (now_ms - event.received_ms) / 1000)
                 )
-        logger.info(
-            "relayed %d events in %d batches", len(request.events), len(request.batches),
-            extra={"status": result.status, "rate_limit_percent": result.rate_limit_percent_used},
-        )
 
     def _dead_letter(self, events: list[QueuedEvent], letter: DeadLetter) -> None:
         """Move events to the dead-letter store (first), then ack them (second)."""
@@ -444,10 +634,9 @@ class RelayWorker:
             pipe.xack(event.queue, CONSUMER_GROUP, event.entry_id)
             pipe.xdel(event.queue, event.entry_id)
             if event.event_id:
-                self._update_story(
-                    keys=[self._keys.event(event.shard, event.event_id)],
-                    args=["s", "dead_lettered", "at", now_ms, "why", letter.reason],
-                    client=pipe,
+                _queue_script(
+                    pipe, self._update_story, [self._keys.event(event.shard, event.event_id)],
+                    ["s", "dead_lettered", "at", now_ms, "why", letter.reason],
                 )
         pipe.execute()
         self._metrics.dead_lettered.labels(reason=letter.reason).inc(len(events))
@@ -464,9 +653,75 @@ def _entries_of(shard: int, reply: Any) -> list[tuple[int, str, dict[str, str]]]
     ]
 
 
+def _loop_backoff(failures: int) -> float:
+    """Seconds to wait after the loop's n-th failure in a row: doubling, capped."""
+    return min(_LOOP_RETRY_MAX_SECONDS, 0.5 * 2 ** min(failures, 6))
+
+
 def _entry_ms(entry_id: str) -> int | None:
     """Stream ids start with the milliseconds at which Redis stored the entry."""
     try:
         return int(entry_id.split("-", 1)[0])
     except (ValueError, AttributeError):
         return None
+
+
+def _queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+    """Queue a script call on a pipeline, on one Redis or a Redis Cluster.
+
+    A plain pipeline loads the script itself before EVALSHA (also after a Redis restart
+    flushed the script cache). redis-py's cluster pipeline refuses EVALSHA and cannot load
+    scripts, so there the script's text goes with the call (EVAL; Redis caches it too).
+    """
+    from redis.client import Pipeline
+
+    if isinstance(pipe, Pipeline):
+        script(keys=keys, args=args, client=pipe)
+    else:
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+
+
+# A person's events all sit in one queue shard. New entries of a shard are read only
+# while no other worker has entries of it in flight (pending), checked and read in one
+# script so two workers cannot both pass the check: each person's events then reach
+# mParticle in the order they were accepted, however many workers share the group. A
+# dead worker's pending entries hold its shards until another takes them over
+# (claim_idle_seconds); that one sends them before anything newer.
+_READ_NEW_IN_ORDER = """
+local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+if summary[1] > 0 then
+  for _, row in ipairs(summary[4]) do
+    if row[1] ~= ARGV[2] then
+      return false
+    end
+  end
+end
+return redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                  'STREAMS', KEYS[1], '>')
+"""
+
+
+def _read_new_in_order(redis: Any, queue: str, consumer: str, count: int) -> Any:
+    """A shard's new entries, unless another worker has some of its entries in flight."""
+    return redis.execute_command("EVAL", _READ_NEW_IN_ORDER, 1, queue, CONSUMER_GROUP,
+                                 consumer, count)
+
+
+def _entries_by_queue(events: list[QueuedEvent]) -> dict[str, list[str]]:
+    """Entry ids per stream, so one XACK and one XDEL per stream cover a whole request."""
+    by_queue: dict[str, list[str]] = {}
+    for event in events:
+        by_queue.setdefault(event.queue, []).append(event.entry_id)
+    return by_queue
+
+
+def _stream_reply(reply: Any) -> Any:
+    """An XREADGROUP reply from a script (flat field lists) in redis-py's parsed shape."""
+    if reply and isinstance(reply[0], str | bytes):
+        # fakeredis (the embedded default) drops the outer list of a one-stream reply.
+        reply = [reply]
+    return [
+        [stream, [(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                  for entry_id, flat in items]]
+        for stream, items in reply or []
+    ]

@@ -261,3 +261,67 @@ def test_the_repr_of_settings_and_secrets_never_shows_a_secret(tmp_path):
                    "admin-token-123", "redis-password-789"):
         assert secret not in shown
     assert "webhook" in repr(settings)  # the repr still says something useful
+
+
+# -- delivery policy ----------------------------------------------------------------------
+
+
+def test_the_default_retry_schedule_is_svixs_with_jitter():
+    relay = load_settings(environ={}).relay
+    assert relay["retry_schedule_seconds"] == [5, 300, 1800, 7200, 18000, 36000]
+    assert relay["retry_jitter_ratio"] == 0.2
+    assert relay["slow_down_at_rate_limit_percent"] == 80
+    assert relay["claim_idle_seconds"] > 3.05 + 10.0  # outlasts one request
+
+
+def test_a_retry_schedule_may_be_set_in_the_file(tmp_path):
+    settings = load_text(tmp_path, "[relay]\nretry_schedule_seconds = [1, 2.5, 60]\n")
+    assert settings.relay["retry_schedule_seconds"] == [1.0, 2.5, 60.0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[relay]\nretry_schedule_seconds = []\n",
+        "[relay]\nretry_schedule_seconds = [5, 0]\n",
+        "[relay]\nretry_schedule_seconds = [5, -1]\n",
+        '[relay]\nretry_schedule_seconds = [5, "300"]\n',
+        "[relay]\nretry_schedule_seconds = [5, inf]\n",
+        "[relay]\nretry_schedule_seconds = 5\n",
+        "[relay]\nretry_schedule_seconds = [5, 9999999]\n",  # over a week
+        "[relay]\nretry_jitter_ratio = 1.5\n",
+        "[relay]\nslow_down_at_rate_limit_percent = 120\n",
+        "[relay]\nslow_down_max_seconds = -1\n",
+    ],
+)
+def test_a_bad_retry_or_slow_down_setting_stops_the_start_naming_it(tmp_path, text):
+    key = text.split("\n")[1].split(" =")[0]
+    assert key in config_error(tmp_path, text)
+
+
+def test_a_bad_item_of_the_schedule_is_named_by_its_position(tmp_path):
+    message = config_error(tmp_path, '[relay]\nretry_schedule_seconds = [5, "300"]\n')
+    assert "retry_schedule_seconds: item 1:" in message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[relay]\nclaim_idle_seconds = 13\n",  # the defaults: 3.05 + 10 s
+        "[relay]\nclaim_idle_seconds = 5\n[mparticle]\nconnect_timeout_seconds = 1\n"
+        "read_timeout_seconds = 4\n",
+    ],
+)
+def test_a_claim_idle_time_shorter_than_a_request_stops_the_start(tmp_path, text):
+    message = config_error(tmp_path, text)
+    assert "claim_idle_seconds" in message
+    assert "connect_timeout_seconds + read_timeout_seconds" in message
+
+
+def test_a_claim_idle_time_longer_than_a_request_is_accepted(tmp_path):
+    settings = load_text(
+        tmp_path,
+        "[relay]\nclaim_idle_seconds = 2\n[mparticle]\nconnect_timeout_seconds = 0.5\n"
+        "read_timeout_seconds = 1\n",
+    )
+    assert settings.relay["claim_idle_seconds"] == 2

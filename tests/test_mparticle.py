@@ -26,6 +26,7 @@ from app.mparticle import (
     RejectedError,
     RetryableError,
     classify_status,
+    credential_id,
     parse_retry_after,
     region_base_url,
 )
@@ -152,11 +153,19 @@ def test_missing_or_garbage_rate_limit_header_is_none(mparticle_client, standin)
     assert mparticle_client.send_bulk(encode([make_batch()])).rate_limit_percent_used is None
 
 
-def test_repr_never_shows_the_secret(http):
+def test_repr_never_shows_the_secret_or_the_key_only_a_hash_of_the_key(http):
     client = MParticleClient(http, "https://s2s.mparticle.com/v2", "the-key", "s3cr3t-value")
 
     assert "s3cr3t-value" not in repr(client)
-    assert "the-key" in repr(client)
+    assert "the-key" not in repr(client)
+    assert client.credential_id in repr(client)
+
+
+def test_a_credential_id_is_short_stable_and_differs_per_key():
+    assert credential_id("the-key") == credential_id("the-key")
+    assert credential_id("the-key") != credential_id("other-key")
+    assert len(credential_id("the-key")) == 12
+    assert "the-key" not in credential_id("the-key")
 
 
 # The client: errors
@@ -199,6 +208,30 @@ def test_429_without_retry_after_leaves_the_wait_to_the_caller(mparticle_client,
     with pytest.raises(RetryableError) as caught:
         mparticle_client.send_bulk(encode([make_batch()]))
 
+    assert caught.value.retry_after is None
+
+
+def test_a_429_tells_how_much_of_the_rate_limit_is_used(mparticle_client, standin):
+    standin.script(
+        Reply(429, headers={"Retry-After": "2", "X-mp-rate-limit-percentage-used": "100"})
+    )
+
+    with pytest.raises(RetryableError) as caught:
+        mparticle_client.send_bulk(encode([make_batch()]))
+
+    assert caught.value.rate_limit_percent_used == 100.0
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "1.5", "Fri, 99 Foo 2024 00:00:00 GMT"])
+def test_a_429_with_an_unreadable_retry_after_leaves_the_wait_to_the_caller(
+    mparticle_client, standin, value
+):
+    standin.script(Reply(429, headers={"Retry-After": value}))
+
+    with pytest.raises(RetryableError) as caught:
+        mparticle_client.send_bulk(encode([make_batch()]))
+
+    assert caught.value.status == 429
     assert caught.value.retry_after is None
 
 
@@ -398,6 +431,27 @@ def test_unusable_retry_after_is_ignored(value):
 
 
 # The stand-in's own checks, so that tests relying on it can trust it
+
+
+def test_standin_in_an_outage_answers_every_request_alike_until_reset(standin, http):
+    standin.fail_for(60, Reply(503))
+    body = encode([make_batch("a")])
+
+    statuses = [post_raw(http, standin, body).status_code for _ in range(3)]
+    standin.reset()
+    after = post_raw(http, standin, body).status_code
+
+    assert (statuses, after) == ([503, 503, 503], 202)
+    assert standin.accepted_batches == [make_batch("a")]
+
+
+def test_standin_answering_slowly_still_records_what_it_took(standin, http):
+    standin.answer_slowly(0.05)
+
+    response = post_raw(http, standin, encode([make_batch("a")]))
+
+    assert response.status_code == 202
+    assert standin.accepted_batches == [make_batch("a")]
 
 
 def test_standin_accepts_a_valid_bulk_and_records_its_events(standin, http):

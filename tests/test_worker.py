@@ -7,6 +7,7 @@ worker is the one the app builds, and what mParticle received is read off the st
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import Counter
@@ -17,24 +18,27 @@ import pytest
 import redis as redis_lib
 from flask import Flask
 
-from app import create_app
+from app import create_app, relay_state
 from app.deadletters import list_dead_letters, replay_dead_letters
 from app.keys import CONSUMER_GROUP
 from app.mapping import source_message_id
+from app.mparticle import RATE_LIMIT_HEADER, credential_id
 from app.runner import build_worker
 from app.services import services
 from app.stories import find_event
 from app.worker import RelayWorker
+from tests.conftest import STANDIN_KEY, STANDIN_SECRET
 from tests.support.mparticle_standin import MParticleStandIn, Reply
 from tests.support.webhooks import encode, signed_headers, webhook
 
 FAST_RELAY = {
-    "retry_base_seconds": 0.01,
-    "retry_max_seconds": 0.05,
+    "retry_schedule_seconds": [0.01, 0.02, 0.05],
     "claim_idle_seconds": 1,
     "auth_recheck_seconds": 0.05,
     "poll_interval_seconds": 0.01,
 }
+# claim_idle_seconds must outlast one request (connect + read timeout).
+FAST_MPARTICLE = {"connect_timeout_seconds": 0.3, "read_timeout_seconds": 0.5}
 _deliveries = itertools.count(1)
 
 
@@ -46,7 +50,9 @@ def make_app(
     apps: list[Flask] = []
 
     def build(sections: dict[str, dict[str, Any]] | None = None) -> Flask:
-        merged: dict[str, dict[str, Any]] = {"relay": dict(FAST_RELAY)}
+        merged: dict[str, dict[str, Any]] = {
+            "relay": dict(FAST_RELAY), "mparticle": dict(FAST_MPARTICLE)
+        }
         for name, values in (sections or {}).items():
             merged.setdefault(name, {}).update(values)
         app = create_app(
@@ -163,6 +169,24 @@ def test_a_relayed_events_story_says_relayed_with_its_source_request_id(app, mpa
     assert told["source_request_id"] == batch["source_request_id"]
     assert told["mparticle_status"] == 202
     assert told["where"] == "relayed to mParticle"
+    assert told["attempts"] == 1
+
+
+def test_relayed_stories_of_many_people_in_one_request_each_name_their_own_batch(
+    app, mparticle
+):
+    payloads = [event(person) for person in ("ann", "bob", "cat", "dan", "eve", "fay")]
+    send(app, *payloads)
+
+    build_worker(app).run(once=True)
+
+    by_person = {batch["user_identities"]["customer_id"]: batch["source_request_id"]
+                 for batch in mparticle.accepted_batches}
+    assert len(bulk_requests(mparticle)) == 1  # all in one request, over several shards
+    for payload in payloads:
+        told = story(app, payload)
+        assert told["status"] == "relayed"
+        assert told["source_request_id"] == by_person[payload["data"]["customer_id"]]
 
 
 def test_the_queue_is_empty_and_nothing_pending_once_mparticle_accepts(app, mparticle):
@@ -229,6 +253,7 @@ def test_a_request_that_times_out_is_sent_again_with_the_same_source_request_id(
     ids = {batch["source_request_id"] for batch in mparticle.accepted_batches}
     assert ids == {story(app, payload)["source_request_id"]}
     assert story(app, payload)["status"] == "relayed"
+    assert story(app, payload)["attempts"] == 2
     assert queue_state(app) == (0, 0)
 
 
@@ -487,7 +512,8 @@ def test_a_replayed_dead_letter_is_delivered_without_resetting_its_dedup_mark(
     assert list_dead_letters(relay.redis, relay.keys) == []
     mark_after = redis.hgetall(mark_key)
     unchanged = ("t", "r", "q", "d")
-    assert {k: mark_after[k] for k in unchanged} == {k: mark_before[k] for k in unchanged}
+    assert {k: mark_after.get(k) for k in unchanged} == {k: mark_before.get(k) for k in unchanged}
+    assert mark_after["q"] == mark_before["q"]  # the mark still points at the original entry
     assert 0 < redis.ttl(mark_key) <= ttl_before  # the idempotency window was not restarted
     assert redis.hgetall(relay.keys.first(relay.keys.shard_for("mallory"),
                                           payload["data"]["delivery_id"])) == first_before
@@ -512,3 +538,230 @@ def test_a_replay_of_all_dead_letters_delivers_each_event_once(app, mparticle):
 
     assert len(report.replayed) == 2
     assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
+
+
+# -- retry schedule, shared throttle, slow down -------------------------------------------
+
+
+def test_each_retry_waits_its_schedule_step_with_jitter_and_the_last_step_repeats(make_app):
+    app = make_app({"relay": {"retry_schedule_seconds": [5, 300, 1800],
+                              "retry_jitter_ratio": 0.2}})
+    worker = build_worker(app)
+
+    for attempt, step in [(1, 5), (2, 300), (3, 1800), (4, 1800), (50, 1800)]:
+        waits = [worker.retry_wait(attempt) for _ in range(200)]
+        assert all(step * 0.8 <= wait <= step * 1.2 for wait in waits)
+        assert len(set(waits)) > 1  # jittered, so workers do not retry in lockstep
+
+
+def test_without_jitter_a_wait_is_exactly_the_step(make_app):
+    app = make_app({"relay": {"retry_schedule_seconds": [2, 7], "retry_jitter_ratio": 0.0}})
+    worker = build_worker(app)
+
+    assert [worker.retry_wait(n) for n in (1, 2, 3)] == [2, 7, 7]
+
+
+def test_retry_after_is_obeyed_and_capped_at_the_schedules_largest_step(make_app):
+    app = make_app({"relay": {"retry_schedule_seconds": [5, 300, 1800]}})
+    worker = build_worker(app)
+
+    assert worker.retry_wait(1, retry_after=42.0) == 42.0
+    assert worker.retry_wait(1, retry_after=0.0) == 0.0
+    assert worker.retry_wait(1, retry_after=10 * 86_400.0) == 1800  # a wrong header
+
+
+@pytest.mark.parametrize("garbage", ["soon", "-5", "1.5", "NaN", "", "Thu, 99 Foo 2024"])
+def test_a_garbage_retry_after_counts_as_absent_and_the_schedule_applies(
+    make_app, mparticle, garbage
+):
+    app = make_app({"relay": {"retry_schedule_seconds": [0.01, 0.02]}})
+    payload = event("ann")
+    send(app, payload)
+    mparticle.script(Reply(429, {"Retry-After": garbage}))
+
+    build_worker(app).run(once=True)
+
+    assert [request.status for request in bulk_requests(mparticle)] == [429, 202]
+    assert mparticle.source_message_ids() == message_ids(payload)
+
+
+def test_a_429_makes_a_second_worker_wait_too(make_app, mparticle):
+    first_app = make_app({"relay": {"retry_schedule_seconds": [0.01, 30]}})
+    first = build_worker(first_app)
+    first.consumer = "worker-a"
+    second = build_worker(make_app({"relay": {"retry_schedule_seconds": [0.01, 30]}}))
+    second.consumer = "worker-b"
+    send(first_app, event("ann"))
+    mparticle.script(Reply(429, {"Retry-After": "20"}))
+    first_pass = threading.Thread(target=first.run, kwargs={"once": True})
+    first_pass.start()
+    assert wait_until(lambda: len(mparticle.requests) == 1)
+    send(first_app, event("bob"))
+
+    with Running(second):
+        assert wait_until(lambda: second.throttled_for() > 0)
+        time.sleep(0.5)  # far less than the 20 s the throttle asks for
+        assert len(mparticle.requests) == 1  # worker B has not sent bob's event
+    first.stop()
+    first_pass.join(timeout=10)
+    assert not first_pass.is_alive()
+    assert 10 < second.throttled_for() <= 20  # one key per credential, seen by both
+
+
+def test_the_shared_throttle_key_names_a_hash_of_the_api_key_never_the_key(app, redis):
+    worker = build_worker(app)
+    worker.throttle_all(30, "test")
+
+    (key,) = redis.keys("*throttle*")
+    assert STANDIN_KEY not in key
+    assert key.endswith(credential_id(STANDIN_KEY))
+    assert 25_000 < redis.pttl(key) <= 30_000
+
+
+def test_a_shorter_wait_never_cuts_a_longer_one_short(app, redis):
+    worker = build_worker(app)
+
+    worker.throttle_all(30, "retry-after")
+    worker.throttle_all(0.5, "backoff")
+
+    assert worker.throttled_for() > 25
+
+
+@pytest.mark.parametrize(
+    ("percent", "pause"),
+    [(None, 0.0), (10.0, 0.0), (79.9, 0.0), (80.0, 0.0), (90.0, 1.0), (100.0, 2.0), (150.0, 2.0)],
+)
+def test_the_pause_grows_as_mparticles_rate_limit_fills_up(make_app, percent, pause):
+    app = make_app({"relay": {"slow_down_at_rate_limit_percent": 80.0,
+                              "slow_down_max_seconds": 2.0}})
+
+    assert build_worker(app)._slow_down_seconds(percent) == pytest.approx(pause)
+
+
+def test_a_nearly_used_rate_limit_slows_every_worker_down(app, mparticle):
+    send(app, event("ann"))
+    mparticle.script(Reply(202, {RATE_LIMIT_HEADER: "95"}))
+    worker = build_worker(app)
+
+    worker.run(once=True)
+
+    assert mparticle.accepted_batches  # delivered, then the pause before the next send
+    assert 0 < worker.throttled_for() <= 1.0
+    assert build_worker(app).throttled_for() > 0
+
+
+def test_a_little_used_rate_limit_does_not_slow_down(app, mparticle):
+    send(app, event("ann"))
+    mparticle.script(Reply(202, {RATE_LIMIT_HEADER: "12"}))
+    worker = build_worker(app)
+
+    worker.run(once=True)
+
+    assert worker.throttled_for() == 0
+
+
+# -- what operators see ------------------------------------------------------------------
+
+
+def test_the_console_state_records_mparticles_successes_and_failures(app, mparticle):
+    relay = services(app)
+    send(app, event("ann"), event("bob"))
+    mparticle.script(Reply(503), Reply(202, {RATE_LIMIT_HEADER: "42.5"}))
+
+    build_worker(app).run(once=True)
+
+    state = relay_state.read_relay_state(relay.redis, relay.keys)
+    assert state["mparticle_last_status"] == 202
+    assert state["rate_limit_percent_used"] == 42.5
+    assert state["relayed_this_minute"] == 2
+
+
+def test_a_failure_is_the_last_answer_the_console_shows_until_a_success(app, mparticle):
+    relay = services(app)
+    send(app, event("ann"))
+    mparticle.script(Reply(401))
+
+    build_worker(app).run(once=True)
+
+    state = relay_state.read_relay_state(relay.redis, relay.keys)
+    assert state["mparticle_last_status"] == 401
+    assert state["credentials"].startswith("refused")
+    assert state["relayed_this_minute"] == 0
+
+
+def test_each_mparticle_request_is_one_log_line_with_its_figures(app, mparticle, caplog):
+    send(app, event("ann"), event("bob"), event("ann", "clicked"))
+    mparticle.script(Reply(429, {"Retry-After": "0"}), Reply(202, {RATE_LIMIT_HEADER: "7"}))
+
+    with caplog.at_level(logging.INFO, logger="app.worker"):
+        build_worker(app).run(once=True)
+
+    lines = [r for r in caplog.records if r.getMessage().startswith("mParticle request")]
+    assert [(r.outcome, r.status, r.attempt) for r in lines] == [
+        ("throttled", 429, 1), ("relayed", 202, 2)
+    ]
+    for record in lines:
+        assert (record.events, record.batches, record.source_request_ids) == (3, 2, 2)
+        assert record.latency_ms >= 0
+    assert lines[1].rate_limit_percent == 7.0
+    logged = caplog.text + "".join(str(vars(record)) for record in caplog.records)
+    assert STANDIN_SECRET not in logged and STANDIN_KEY not in logged
+
+
+class _FailsOnce:
+    """Our own client stand-in: a bug on the first send, the real client afterwards."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls = 0
+
+    def send_bulk(self, body: bytes) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in a bad moment")
+        return self._client.send_bulk(body)
+
+    def check_credentials(self) -> str:
+        return self._client.check_credentials()
+
+
+def test_an_unexpected_error_is_logged_and_the_worker_carries_on(app, mparticle, caplog):
+    relay = services(app)
+    payloads = [event("ann"), event("bob")]
+    send(app, *payloads)
+    client = _FailsOnce(relay.mparticle_client())
+    worker = RelayWorker(relay.redis, relay.keys, client, relay.settings, relay.metrics)
+
+    with caplog.at_level(logging.ERROR, logger="app.worker"), Running(worker):
+        assert mparticle.wait_for_events(2, timeout=10)
+
+    assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
+    (failure,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert failure.exc_info is not None and "a bad moment" in caplog.text
+    assert client.calls == 2
+
+
+def test_a_worker_waiting_to_retry_keeps_every_entry_of_its_pass_from_another_worker(
+    make_app, mparticle
+):
+    # One batch per request: while A waits to retry the first, the second is held too.
+    sections = {"relay": {"retry_schedule_seconds": [0.01, 5], "max_batches_per_request": 1}}
+    app = make_app(sections)
+    payloads = [event("ann"), event("bob")]
+    send(app, *payloads)
+    waiting = build_worker(app)
+    waiting.consumer = "worker-a"
+    other = build_worker(make_app(sections))
+    other.consumer = "worker-b"
+    other._wait_for_throttle = lambda: None  # B ignores the shared wait: only claims hold it
+    mparticle.script(Reply(429, {"Retry-After": "2"}))  # longer than claim_idle_seconds (1)
+    first_pass = threading.Thread(target=waiting.run, kwargs={"once": True})
+    first_pass.start()
+    assert wait_until(lambda: len(mparticle.requests) == 1)
+
+    with Running(other):
+        first_pass.join(timeout=10)
+
+    assert not first_pass.is_alive()
+    assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
+    assert queue_state(app) == (0, 0)

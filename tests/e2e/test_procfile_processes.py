@@ -28,10 +28,11 @@ pytestmark = pytest.mark.e2e
 FAST_RELAY = {
     "relay": {
         "poll_interval_seconds": 0.05,
-        "retry_base_seconds": 0.05,
-        "retry_max_seconds": 0.2,
+        "retry_schedule_seconds": [0.05, 0.1, 0.2],
         "claim_idle_seconds": 2,
     },
+    # claim_idle_seconds must outlast one request (connect + read timeout).
+    "mparticle": {"connect_timeout_seconds": 0.5, "read_timeout_seconds": 1.0},
     "logging": {"format": "json", "level": "INFO"},
 }
 
@@ -217,6 +218,22 @@ def test_configuration_errors_stop_the_web_process_with_one_line(
     assert "Traceback" not in web.output()
 
 
+def test_a_worker_whose_claim_idle_time_is_shorter_than_a_request_refuses_to_start(
+    tmp_path, redis_url, mparticle
+):
+    relay = _deployment(tmp_path, redis_url, mparticle, sections={
+        "relay": {"claim_idle_seconds": 2},
+        "mparticle": {"connect_timeout_seconds": 1, "read_timeout_seconds": 1.5},
+    })
+    worker = relay.start("worker")
+    worker.popen.wait(20)
+
+    assert worker.popen.returncode != 0
+    lines = worker.output().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "claim_idle_seconds: must be more than" in lines[0]
+
+
 def test_embedded_default_serves_webhooks_without_redis_and_logs_a_dry_run(tmp_path):
     relay = Deployment(
         env=process_env({
@@ -239,6 +256,12 @@ def test_embedded_default_serves_webhooks_without_redis_and_logs_a_dry_run(tmp_p
         lines = [line for line in web.output().splitlines() if expected_id in line]
         sent = json.loads(lines[0].split("would POST /bulkevents ", 1)[1])
         assert sent[0]["events"][0]["data"]["event_name"] == "email_clicked"
+        # A second person's event lands on another queue shard: both relayed, no error.
+        other = webhook("push", "clicked", customer_id="someone-else")
+        assert post(relay, other).status_code == 202
+        other_id = mapping.source_message_id(other["event_id"])
+        assert wait_for(lambda: other_id in web.output(), timeout=15), web.output()
+        assert "Traceback" not in web.output()
     finally:
         relay.stop_all()
 

@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -220,6 +221,8 @@ class MParticleStandIn:
         self._accepted_batches: list[dict[str, Any]] = []
         self._script: deque[Reply] = deque()
         self._reject_predicate: BatchPredicate | None = None
+        self._outage: tuple[float, Reply] | None = None  # (monotonic end, reply)
+        self._delay = 0.0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -287,6 +290,16 @@ class MParticleStandIn:
         with self._lock:
             self._script.extend(replies)
 
+    def fail_for(self, seconds: float, reply: Reply) -> None:
+        """Answer every bulk request with `reply` for the next `seconds` (an outage)."""
+        with self._lock:
+            self._outage = (time.monotonic() + seconds, reply)
+
+    def answer_slowly(self, seconds: float) -> None:
+        """Delay every answer the script does not decide by `seconds` (0: answer at once)."""
+        with self._lock:
+            self._delay = seconds
+
     def reject_batches_where(self, predicate: BatchPredicate | None) -> None:
         """Refuse (400) every otherwise valid request holding a batch the predicate matches."""
         with self._lock:
@@ -299,6 +312,8 @@ class MParticleStandIn:
             self._accepted_batches.clear()
             self._script.clear()
             self._reject_predicate = None
+            self._outage = None
+            self._delay = 0.0
             self._changed.notify_all()
 
     # Records
@@ -347,6 +362,15 @@ class MParticleStandIn:
         with self._lock:
             scripted = self._script.popleft() if self._script else None
             predicate = self._reject_predicate
+            delay = self._delay
+            if scripted is None and self._outage is not None:
+                until, outage_reply = self._outage
+                if time.monotonic() < until:
+                    scripted = outage_reply
+                else:
+                    self._outage = None
+        if scripted is None and delay > 0:
+            scripted = Reply(202, delay=delay)
         if scripted is not None and scripted.status != 202:
             self._record("POST", BULK_PATH, headers, body, scripted.status)
             return scripted
