@@ -75,21 +75,42 @@ def build_redis(settings: Settings) -> Any:
         import fakeredis
 
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.retry import Retry
+
     timeout = settings.redis["socket_timeout_seconds"]
     url = settings.redis_url or ""
     options = {
         "decode_responses": True,
         "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": connect_timeout(timeout),
         "health_check_interval": 30,
+        # One immediate retry, on connection errors only: it replaces a pooled connection
+        # that a Redis restart closed. No backoff and no retry of a timeout: each would add
+        # its wait to the webhook's answer, and Customer.io gives it 4 s in all; a fast
+        # 503 makes it retry later with nothing lost.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     if url.startswith("redis+cluster://") or url.startswith("rediss+cluster://"):
         from redis.cluster import RedisCluster
 
+        # On a cluster a connection error also means "refresh the slot map and try again"
+        # (a failover), so the one quick retry covers timeouts too.
+        options["retry"] = Retry(NoBackoff(), 1)
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
     import redis
 
     return redis.Redis.from_url(url, **options)
+
+
+def connect_timeout(socket_timeout: float) -> float:
+    """Seconds to wait for a TCP connection to Redis: half the command timeout, at most 1 s.
+
+    A refused connection fails at once anyway; this bounds the unreachable-host case, so
+    connect + one retry + a command stay within the command budget.
+    """
+    return min(1.0, socket_timeout / 2)
 
 
 def init_services(app: Flask, settings: Settings, redis_client: Any | None = None) -> Services:

@@ -86,9 +86,17 @@ class ToggleStore:
         return self._defaults.get(name, False) if override is None else override
 
     def _refresh(self, now: float) -> None:
-        with self._lock:
+        # One thread re-reads; the others go on with the overrides they have rather than
+        # queue behind it: while Redis hangs, waiting here would add one socket timeout
+        # per thread in line to the webhook's answer. Only the first load is waited for,
+        # as there is nothing to go on with yet.
+        if not self._lock.acquire(blocking=self._loaded_at is None):
+            return
+        try:
             self._overrides = _parse_overrides(self._redis.hgetall(self._keys.toggles))
             self._loaded_at = now
+        finally:
+            self._lock.release()
 
     def list(self) -> list[Toggle]:
         """Every known event type with its default, override and last change."""

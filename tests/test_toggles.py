@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -167,3 +168,41 @@ def test_a_second_app_on_the_same_redis_ignores_a_type_another_app_turned_off(
         status = answer()
 
     assert status == "ignored"
+
+
+class HangingReads:
+    """The real Redis, except that reading the overrides waits until the test lets it go."""
+
+    def __init__(self, redis: redis_lib.Redis) -> None:
+        self._redis = redis
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        self.reading.set()
+        self.release.wait(10)
+        return self._redis.hgetall(key)
+
+
+def test_requests_go_on_with_the_cached_overrides_while_another_thread_rereads_them(redis):
+    clock = FakeClock()
+    hanging = HangingReads(redis)
+    toggles = ToggleStore(hanging, KeySpace("cior", 4), default_toggles(),
+                          refresh_seconds=REFRESH, clock=clock)
+    hanging.release.set()
+    assert toggles.is_enabled("email_opened")  # the first load
+    redis.hset("cior:toggles", "email_opened", "0")
+    hanging.release.clear()
+    hanging.reading.clear()
+    clock.advance(REFRESH)
+    rereading = threading.Thread(target=toggles.is_enabled, args=("email_opened",))
+    rereading.start()
+    assert hanging.reading.wait(5)
+
+    meanwhile = toggles.is_enabled("email_opened")  # does not queue behind the hung read
+    still_reading = rereading.is_alive()
+    hanging.release.set()
+    rereading.join(5)
+
+    assert still_reading and meanwhile is True
+    assert toggles.is_enabled("email_opened") is False  # the re-read, once it returned

@@ -93,7 +93,7 @@ class Deployment:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # still booting, or busy
                 pass
             for process in self.processes:
                 if process.popen.poll() is not None:
