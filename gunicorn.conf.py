@@ -9,9 +9,23 @@ import sys
 import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Chosen by measurement (bench/run.py --only ingest and an interleaved head-to-head on
+# this 2-core machine, wrk on the same box, medians of 4 rounds, relay = real webhook
+# path on Redis; requests/s, p99 ms):
+#   gthread 4 workers x 2 threads: bare 4664/s 11.4, relay 2202/s 20.8, ratio 0.45
+#   gthread 2 workers x 4 threads: bare 4855/s 10.0, relay 2124/s 18.8, ratio 0.44
+#   gthread 2 workers x 2 threads: bare 5279/s  7.4, relay 1908/s 19.8, ratio 0.40
+#   sync    4 workers:             bare 4538/s  7.8, relay 2104/s 11.0, ratio 0.46
+#   sync    2 workers:             relay a third slower than the others (ratio 0.32)
+# Throughput is equal within the noise of a shared machine except sync x cores, which
+# idles while each request waits for Redis. sync x 2*cores has the best p99 but no
+# keep-alive, and a slow or idle connection (a browser's preconnect to the console, a
+# slow client) holds a whole process until `timeout`; gthread parks those in its poller.
+# So: gthread, 2 processes per core, 2 threads each. Heroku and others set
+# WEB_CONCURRENCY themselves (a container's os.cpu_count() is often the host's).
+workers = int(os.environ.get("WEB_CONCURRENCY", str(2 * (os.cpu_count() or 1))))
 worker_class = "gthread"
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = int(os.environ.get("WEB_THREADS", "2"))
 # Customer.io waits 4 seconds; a request that takes longer than this is stuck.
 timeout = 30
 graceful_timeout = 20

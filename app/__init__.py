@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, g, request
 
 from app.config import ConfigError, Settings, load_settings
 from app.errors import register_error_handlers
-from app.logs import configure_logging
+from app.logs import configure_logging, request_id_from
 from app.services import init_services, services
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def create_app(
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook["max_body_bytes"]
+    _register_request_ids(app)
     init_services(app, settings, redis_client)
     _register_blueprints(app)
     register_error_handlers(app)
@@ -59,6 +61,26 @@ def _check_web_settings(settings: Settings) -> None:
         )
     if settings.mparticle["dry_run"]:
         logger.warning("[mparticle] dry_run is on: batches are logged, nothing is sent")
+
+
+def _register_request_ids(app: Flask) -> None:
+    """Give every request an id for its log lines, echoed as X-Request-Id.
+
+    A sane incoming X-Request-Id (from a router or proxy) is kept, so one id follows
+    the request through every hop.
+    """
+
+    @app.before_request
+    def assign_request_id() -> None:
+        g.request_started = time.perf_counter()
+        g.request_id = request_id_from(request.environ.get("HTTP_X_REQUEST_ID"))
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id is not None:
+            response.headers["X-Request-Id"] = request_id
+        return response
 
 
 def _register_blueprints(app: Flask) -> None:

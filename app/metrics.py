@@ -21,6 +21,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
+# Outcomes of a webhook (the contract's words) and reasons one is refused before that.
+WEBHOOK_OUTCOMES = ("queued", "duplicate", "suppressed", "ignored", "quarantined")
+REJECT_REASONS = ("signature", "body_too_large", "redis_unavailable")
+
 
 class RelayMetrics:
     """The counters and histograms the web and worker processes update."""
@@ -48,6 +52,12 @@ class RelayMetrics:
         "cio_relay_latency_seconds", "From webhook accepted to mParticle 202",
         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
     )
+
+    def __init__(self) -> None:
+        # Label children bound once: ``labels()`` costs a lock and a dict lookup per call
+        # on the webhook's hot path, and bound series show up (at 0) before the first event.
+        self.outcome = {name: self.outcomes.labels(outcome=name) for name in WEBHOOK_OUTCOMES}
+        self.rejected_for = {name: self.rejected.labels(reason=name) for name in REJECT_REASONS}
 
 
 class QueueCollector(Collector):

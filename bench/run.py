@@ -8,8 +8,9 @@
    Prints requests/s, p50/p99 and the ratio (b)/(a).
 2. Relay: a backlog of distinct events drained by one `cio-relay worker` process into
    the loopback mParticle stand-in, next to the same backlog sent one POST per event.
-3. Memory: Redis bytes per accepted event (mark/story + first-occurrence flag + queue
-   entry) from INFO memory over many events.
+3. Memory: Redis bytes per accepted event from INFO memory over many events: while
+   queued (mark + first-occurrence flag + queue entry) and once relayed (mark with its
+   story + flag, the part kept for the 8-day dedup window).
 
 Needs wrk (Debian package) and a Redis (REDIS_URL or BENCH_REDIS_URL; default
 redis://127.0.0.1:6379/14, flushed).
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,27 +36,34 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from app.config import load_settings  # noqa: E402
 from app.keys import KeySpace  # noqa: E402
+from app.metrics import RelayMetrics  # noqa: E402
 from app.store import EventStore, IncomingEvent  # noqa: E402
 from app.webhooks.signature import sign  # noqa: E402
+from app.worker import DryRunClient, RelayWorker  # noqa: E402
 from tests.support.mparticle_standin import MParticleStandIn  # noqa: E402
-from tests.support.processes import Deployment, process_env  # noqa: E402
+from tests.support.processes import Deployment, free_port, process_env  # noqa: E402
 
 SIGNING_KEY = "bench-signing-key"
 WRK_SCRIPT = ROOT / "bench" / "post_events.lua"
 
 
-def make_event(n: int, run: str, *, person: int | None = None) -> dict[str, Any]:
+def make_event(
+    n: int, run: str, *, person: int | None = None, metric: str = "opened",
+    delivery: int | None = None,
+) -> dict[str, Any]:
     person_id = str(person if person is not None else n % 5000)
+    delivery = n if delivery is None else delivery
     return {
         "event_id": f"01BENCH{run}{n:010d}",
         "object_type": "email",
-        "metric": "opened",
+        "metric": metric,
         "timestamp": int(time.time()),
         "data": {
             "action_id": 42,
             "campaign_id": 7,
-            "delivery_id": f"RPILAgUBcRh{run}{n:010d}",
+            "delivery_id": f"RPILAgUBcRh{run}{delivery:010d}",
             "identifiers": {"id": person_id, "email": f"p{person_id}@example.com",
                             "cio_id": "d9c106000001"},
             "customer_id": person_id,
@@ -81,16 +91,57 @@ def write_signed_events(directory: Path, count: int, threads: int, run: str) -> 
     return base
 
 
-def run_wrk(url: str, events: Path, seconds: int, connections: int, threads: int) -> dict:
+def run_wrk(url: str, events: Path, seconds: int, connections: int, threads: int,
+            server: Deployment | None = None, redis_client: Any = None) -> dict:
+    """wrk's figures, and the CPU time each party used per request (when told the server).
+
+    Requests/s on a shared machine follow whatever else runs; CPU time per request does
+    not (much), so the two together say what the code costs.
+    """
+    before = _cpu_now(server, redis_client)
     output = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
          "-s", str(WRK_SCRIPT), url + "/webhooks/customerio", "--", str(events)],
         capture_output=True, text=True, check=True,
     ).stdout
+    after = _cpu_now(server, redis_client)
     line = next(line for line in output.splitlines() if line.startswith("JSON "))
     result = json.loads(line[5:])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    if server is not None:
+        for part in after:
+            result[f"cpu_us_{part}"] = (after[part] - before[part]) / result["requests"] * 1e6
     return result
+
+
+def _cpu_now(server: Deployment | None, redis_client: Any) -> dict[str, float]:
+    """CPU seconds used so far by the server's processes, by wrk runs, and by Redis."""
+    if server is None:
+        return {}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
+    info = redis_client.info("cpu") if redis_client is not None else {}
+    return {
+        "server": sum(_process_tree_cpu(process.popen.pid) for process in server.processes),
+        "wrk": children.ru_utime + children.ru_stime,
+        "redis": float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0)),
+    }
+
+
+def _process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants (gunicorn's master and workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            utime, stime = stat[stat.rindex(")") + 2:].split()[11:13]
+            total += (int(utime) + int(stime)) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def start_web(env: dict[str, str], workdir: Path, app_path: str | None = None) -> Deployment:
@@ -123,47 +174,81 @@ def _wait_port(deployment: Deployment) -> None:
 
 
 def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[str, Any]:
+    """Both servers up at once, measured in turns: a busy machine slows both alike."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     threads = 2
     warm = write_signed_events(work, 3000, threads, "warm")
     settings_file = work / "settings.toml"
-    settings_file.write_text('[logging]\nlevel = "WARNING"\n')
+    # Production's logging (INFO, JSON lines): the per-request line is part of the cost.
+    settings_file.write_text('[logging]\nlevel = "INFO"\nformat = "json"\n')
     env = {"REDIS_URL": redis_url, "CIO_WEBHOOK_SIGNING_KEYS": SIGNING_KEY,
            "RELAY_SETTINGS": str(settings_file)}
+    if os.environ.get("GUNICORN_CMD_ARGS"):  # to compare worker settings: both servers get it
+        env["GUNICORN_CMD_ARGS"] = os.environ["GUNICORN_CMD_ARGS"]
+    client.flushdb()
     bare = start_web(env, work, "bench.bare_app:app")
+    relay = start_web(env, work)
+    rounds: list[dict[str, Any]] = []
     try:
         run_wrk(bare.url, warm, 2, args.connections, threads)
-        bare_result = run_wrk(bare.url, warm, args.seconds, args.connections, threads)
+        run_wrk(relay.url, warm, 2, args.connections, threads)
+        for number in range(args.rounds):
+            bare_result = run_wrk(bare.url, warm, args.seconds, args.connections, threads,
+                                  bare, client)
+            # Distinct events for every request the relay could possibly take in that time.
+            distinct = max(int(bare_result["rps"] * args.seconds * 1.2), 5000)
+            events = write_signed_events(work, distinct, threads, f"run{number}")
+            client.flushdb()
+            relay_result = run_wrk(relay.url, events, args.seconds, args.connections, threads,
+                                   relay, client)
+            queued = sum(client.xlen(queue) for queue in KeySpace().queues())
+            rounds.append({"bare": bare_result, "relay": relay_result, "queued": queued,
+                           "distinct_events": distinct,
+                           "ratio": relay_result["rps"] / bare_result["rps"],
+                           "cpu_ratio": _cpu_per_request(bare_result)
+                           / _cpu_per_request(relay_result)})
+            print(f"round {number + 1}: bare {bare_result['rps']:.0f}/s, relay "
+                  f"{relay_result['rps']:.0f}/s, ratio {rounds[-1]['ratio']:.2f}; CPU us/request "
+                  f"bare {_cpu_text(bare_result)}, relay {_cpu_text(relay_result)}, "
+                  f"ratio {rounds[-1]['cpu_ratio']:.2f}", flush=True)
     finally:
         bare.stop_all()
-    # Distinct events for every request the relay could possibly take in that time.
-    distinct = max(int(bare_result["rps"] * args.seconds * 1.2), 5000)
-    events = write_signed_events(work, distinct, threads, "run1")
-    client.flushdb()
-    relay = start_web(env, work)
-    try:
-        run_wrk(relay.url, warm, 2, args.connections, threads)
-        client.flushdb()
-        relay_result = run_wrk(relay.url, events, args.seconds, args.connections, threads)
-    finally:
         relay.stop_all()
-    keys = KeySpace()
-    queued = sum(client.xlen(queue) for queue in keys.queues())
-    return {"bare": bare_result, "relay": relay_result, "distinct_events": distinct,
-            "queued": queued, "ratio": relay_result["rps"] / bare_result["rps"]}
+    median_round = sorted(rounds, key=lambda result: result["ratio"])[len(rounds) // 2]
+    cpu_ratios = sorted(result["cpu_ratio"] for result in rounds)
+    return {**median_round, "ratios": [result["ratio"] for result in rounds],
+            "cpu_ratio": cpu_ratios[len(cpu_ratios) // 2]}
 
 
-def fill_backlog(client: redis.Redis, count: int, run: str) -> None:
+def _cpu_per_request(result: dict[str, Any]) -> float:
+    return result["cpu_us_server"] + result["cpu_us_wrk"] + result["cpu_us_redis"]
+
+
+def _cpu_text(result: dict[str, Any]) -> str:
+    return (f"{_cpu_per_request(result):.0f} (server {result['cpu_us_server']:.0f} + wrk "
+            f"{result['cpu_us_wrk']:.0f} + redis {result['cpu_us_redis']:.0f})")
+
+
+# An email's life as Customer.io reports it: one delivery, several events.
+EMAIL_LIFECYCLE = ("sent", "delivered", "opened", "clicked")
+
+
+def fill_backlog(client: redis.Redis, count: int, run: str, *, per_delivery: int = 1) -> None:
+    """Accept ``count`` distinct events, ``per_delivery`` of them (sent, delivered...) each."""
     store = EventStore(client, KeySpace(), event_ttl_seconds=691200,
                        first_occurrence_ttl_seconds=7776000, first_occurrence_only=True,
                        dead_letter_max_entries=1000)
     for n in range(count):
-        event = make_event(n, run, person=n)
-        store.accept(IncomingEvent(
-            event_id=event["event_id"], event_type="email_opened",
-            delivery_id=event["data"]["delivery_id"], routing_key=str(n),
+        delivery, step = divmod(n, per_delivery)
+        metric = EMAIL_LIFECYCLE[step % len(EMAIL_LIFECYCLE)] if per_delivery > 1 else "opened"
+        event = make_event(n, run, person=delivery, metric=metric, delivery=delivery)
+        outcome = store.accept(IncomingEvent(
+            event_id=event["event_id"], event_type=f"email_{metric}",
+            delivery_id=event["data"]["delivery_id"], routing_key=str(delivery),
             body=json.dumps(event, separators=(",", ":")),
         ))
+        if outcome.status != "queued":
+            raise RuntimeError(f"bench event {n} was {outcome.status}, not queued")
 
 
 def drain_with_worker(redis_url: str, work: Path, count: int, sections: str, run: str) -> float:
@@ -193,15 +278,48 @@ def drain_with_worker(redis_url: str, work: Path, count: int, sections: str, run
     return count / elapsed
 
 
-def bench_memory(redis_url: str, count: int) -> float:
+def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
+    """Bytes per event while queued, and at rest once relayed (what 8 days of marks cost).
+
+    Measured on a private redis-server, so nothing else moves INFO memory. The drain
+    runs the real RelayWorker in this process with the dry-run client, so each mark
+    carries the story a relayed event really has (status, time, source_request_id).
+    """
+    port = free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    redis_url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.flushdb()
-    time.sleep(0.2)
-    before = int(client.info("memory")["used_memory"])
-    fill_backlog(client, count, "mem")
-    after = int(client.info("memory")["used_memory"])
-    client.flushdb()
-    return (after - before) / count
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        before = int(client.info("memory")["used_memory"])
+        fill_backlog(client, count, "mem", per_delivery=per_delivery)
+        queued = int(client.info("memory")["used_memory"])
+        settings_file = work / "memory.toml"
+        settings_file.write_text('[mparticle]\ndry_run = true\n[logging]\nlevel = "WARNING"\n')
+        settings = load_settings({"REDIS_URL": redis_url, "RELAY_SETTINGS": str(settings_file),
+                                  "CIO_WEBHOOK_SIGNING_KEYS": SIGNING_KEY})
+        logging.getLogger("app.worker").setLevel(logging.WARNING)
+        worker = RelayWorker(client, KeySpace(), DryRunClient(), settings, RelayMetrics())
+        worker.ensure_groups()
+        while worker.relay_pending():
+            pass
+        left = sum(client.xlen(queue) for queue in KeySpace().queues())
+        at_rest = int(client.info("memory")["used_memory"])
+    finally:
+        server.terminate()
+        server.wait(10)
+    if left:
+        raise RuntimeError(f"{left} events were not drained")
+    return {"queued": (queued - before) / count, "at_rest": (at_rest - before) / count}
 
 
 def main() -> None:
@@ -210,20 +328,41 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--backlog", type=int, default=5000)
     parser.add_argument("--memory-events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="ingest: turns of bare then relay; the median round is reported")
+    parser.add_argument("--only", choices=["ingest", "relay", "memory"],
+                        help="run one part (for profiling); the README's figures are a full run")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
     with tempfile.TemporaryDirectory(prefix="cio-relay-bench-") as tmp:
         work = Path(tmp)
-        ingest = bench_ingest(args, redis_url, work)
-        bulk_rate = drain_with_worker(redis_url, work, args.backlog, "", "bulk")
-        single_rate = drain_with_worker(
-            redis_url, work, args.backlog, "[relay]\nmax_batches_per_request = 1\n", "single"
-        )
-        memory = bench_memory(redis_url, args.memory_events)
+        if args.only in (None, "ingest"):
+            print_ingest(args, bench_ingest(args, redis_url, work))
+        if args.only in (None, "relay"):
+            bulk_rate = drain_with_worker(redis_url, work, args.backlog, "", "bulk")
+            single_rate = drain_with_worker(
+                redis_url, work, args.backlog, "[relay]\nmax_batches_per_request = 1\n",
+                "single",
+            )
+            print(f"relay, one worker, {args.backlog} events: bulk {bulk_rate:.0f} events/s, "
+                  f"one POST per event {single_rate:.0f} events/s, "
+                  f"x{bulk_rate / single_rate:.1f}")
+        if args.only in (None, "memory"):
+            for per_delivery, label in ((4, "4 events per delivery (email sent, delivered, "
+                                            "opened, clicked)"),
+                                        (1, "1 event per delivery (worst case)")):
+                memory = bench_memory(work, args.memory_events, per_delivery)
+                print(f"Redis bytes per accepted event, {args.memory_events} events, {label}: "
+                      f"{memory['queued']:.0f} while queued, {memory['at_rest']:.0f} once "
+                      f"relayed (mark with its story + first-occurrence flag, kept 8 days)")
+
+
+def print_ingest(args: argparse.Namespace, ingest: dict[str, Any]) -> None:
     bare, relay = ingest["bare"], ingest["relay"]
-    print(f"machine: {os.cpu_count()} cores; gunicorn per gunicorn.conf.py; "
+    print(f"machine: {os.cpu_count()} cores; gunicorn per gunicorn.conf.py "
+          f"{os.environ.get('GUNICORN_CMD_ARGS', '')}; "
           f"wrk -t2 -c{args.connections} -d{args.seconds}s")
     print("| ingest | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|")
@@ -231,13 +370,13 @@ def main() -> None:
                          ("(b) relay webhook, distinct signed events", relay)):
         print(f"| {name} | {result['rps']:.0f} | {result['p50_us'] / 1000:.2f} | "
               f"{result['p99_us'] / 1000:.2f} | {result['errors'] + result['non2xx']} |")
-    print(f"ratio (b)/(a): {ingest['ratio']:.2f}  "
-          f"({ingest['queued']} queued of {relay['requests']} requests, "
-          f"{ingest['distinct_events']} distinct events available)")
-    print(f"relay, one worker, {args.backlog} events: bulk {bulk_rate:.0f} events/s, "
-          f"one POST per event {single_rate:.0f} events/s, x{bulk_rate / single_rate:.1f}")
-    print(f"Redis memory per accepted event: {memory:.0f} bytes "
-          f"(mark/story + first-occurrence flag + queue entry, {args.memory_events} events)")
+    print(f"ratio (b)/(a), median of {len(ingest['ratios'])} rounds: {ingest['ratio']:.2f} "
+          f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ingest['ratios'])})")
+    print(f"CPU time per request (gunicorn + wrk + Redis), bare/relay, median: "
+          f"{ingest['cpu_ratio']:.2f}; median round: bare {_cpu_text(bare)}, "
+          f"relay {_cpu_text(relay)} us")
+    print(f"median round: {ingest['queued']} queued of {relay['requests']} requests, "
+          f"{ingest['distinct_events']} distinct events available")
 
 
 if __name__ == "__main__":

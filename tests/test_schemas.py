@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from app.webhooks.schemas import load_webhook
+from app.webhooks.schemas import _fast_envelope, _schema, load_webhook
 
 REQUIRED = ("event_id", "object_type", "metric", "timestamp", "data")
 
@@ -110,3 +112,69 @@ def test_an_empty_data_object_is_accepted():
 def test_a_payload_that_is_not_an_object_is_refused_with_a_message(payload):
     messages = messages_for(payload)
     assert messages == {"_schema": ["the body must be a JSON object"]}
+
+
+# -- the hand-written fast check agrees with the schema -------------------------------
+
+_json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=8,
+)
+# The envelope's boundaries: lengths around each limit, timestamps around the range, lone
+# surrogates, and numbers that are equal to an int without being one.
+_edges = st.sampled_from([
+    "", "a", "x" * 64, "x" * 65, "x" * 128, "x" * 129, "x" * 200, "x" * 201, "é" * 200,
+    "😀" * 64, "😀" * 65, "\ud800", "ok\udfff", 999_999_999, 1_000_000_000, 9_999_999_999,
+    10_000_000_000, 1_613_063_089, 1_613_063_089.0, 1e999, True, False, None, {}, [], "{}",
+])
+
+
+@st.composite
+def _envelopes(draw: st.DrawFn) -> Any:
+    """Envelopes with each field valid, an edge value, any JSON value, or missing."""
+    if draw(st.integers(0, 20)) == 0:
+        return draw(_json_values)
+    payload = envelope()
+    for field in REQUIRED:
+        choice = draw(st.sampled_from(["keep", "keep", "edge", "any", "drop"]))
+        if choice == "edge":
+            payload[field] = draw(_edges)
+        elif choice == "any":
+            payload[field] = draw(_json_values)
+        elif choice == "drop":
+            del payload[field]
+    if draw(st.booleans()):
+        payload[draw(st.text(max_size=8))] = draw(_json_values)
+    return payload
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_envelopes())
+def test_the_fast_check_accepts_exactly_what_the_schema_accepts(payload):
+    try:
+        expected = _schema.load(payload) if isinstance(payload, dict) else None
+    except ValidationError:
+        expected = None
+
+    assert _fast_envelope(payload) == expected
+    if expected is None:
+        with pytest.raises(ValidationError) as caught:
+            load_webhook(payload)
+        if isinstance(payload, dict):  # the messages are the schema's own
+            with pytest.raises(ValidationError) as direct:
+                _schema.load(payload)
+            assert caught.value.normalized_messages() == direct.value.normalized_messages()
+    else:
+        assert load_webhook(payload) == expected
+
+
+def test_the_fast_check_shares_data_rather_than_copying_it():
+    payload = envelope()
+
+    assert load_webhook(payload)["data"] is payload["data"]

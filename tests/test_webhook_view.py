@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app import create_app
+from app import create_app, queue_entry
 from app.services import services
 from tests.support.webhooks import encode, signed_headers, webhook
 
@@ -28,8 +29,12 @@ def post(client: Any, payload: Any = None, *, body: bytes | None = None, **sign:
 
 
 def queue_entries(app: Flask) -> list[dict[str, str]]:
+    """The queued entries, each as {"b": its JSON body} however it is stored."""
     relay = services(app)
-    return [fields for queue in relay.keys.queues() for _, fields in relay.redis.xrange(queue)]
+    return [
+        {"b": queue_entry.unpack(fields)}
+        for queue in relay.keys.queues() for _, fields in relay.redis.xrange(queue)
+    ]
 
 
 def dead_letters(app: Flask) -> list[dict[str, str]]:
@@ -120,7 +125,16 @@ def test_a_second_open_of_a_delivery_is_answered_200_suppressed(client, app):
     assert len(queue_entries(app)) == 1
 
 
-def test_a_type_turned_off_in_the_settings_file_is_ignored_and_nothing_is_written(
+def only_a_story_was_written(redis: redis_lib.Redis, app: Flask, reason: str) -> None:
+    """Nothing queued: the one key written is the event's story, saying why, with a TTL."""
+    assert queue_entries(app) == []
+    (key,) = redis.keys("*")
+    assert redis.hget(key, "s") == "ignored"
+    assert redis.hget(key, "why") == reason
+    assert redis.ttl(key) > 0
+
+
+def test_a_type_turned_off_in_the_settings_file_is_ignored_and_only_its_story_is_written(
     app_with, redis
 ):
     app = app_with({"events": {"email_opened": False}})
@@ -130,7 +144,7 @@ def test_a_type_turned_off_in_the_settings_file_is_ignored_and_nothing_is_writte
     assert response.status_code == 200
     assert response.get_json()["status"] == "ignored"
     assert response.get_json()["reason"] == "event type turned off"
-    assert redis.dbsize() == 0
+    only_a_story_was_written(redis, app, "event type turned off")
 
 
 def test_a_type_turned_off_by_an_admin_override_is_ignored_and_not_queued(client, app):
@@ -152,13 +166,13 @@ def test_a_known_type_that_is_off_by_default_is_ignored(client, app):
     assert queue_entries(app) == []
 
 
-def test_an_unknown_type_is_ignored_rather_than_refused(client, redis):
+def test_an_unknown_type_is_ignored_rather_than_refused(client, app, redis):
     response = post(client, webhook("email", "teleported"))
 
     assert response.status_code == 200
     assert response.get_json()["status"] == "ignored"
     assert response.get_json()["reason"] == "unknown event type"
-    assert redis.dbsize() == 0
+    only_a_story_was_written(redis, app, "unknown event type")
 
 
 def _without(field: str) -> bytes:
@@ -198,6 +212,19 @@ def test_a_signed_but_unusable_payload_is_quarantined_202_naming_the_field(
     assert letters[0]["reason"] == answer["reason"]
     assert letters[0]["body"] == body.decode("utf-8", "replace")
     assert queue_entries(app) == []
+
+
+def test_a_quarantined_payload_that_names_an_event_id_leaves_a_story_pointing_at_it(
+    client, redis
+):
+    response = post(client, body=b'{"event_id": "01QUARANTINED", "timestamp": "soon"}')
+
+    answer = response.get_json()
+    assert answer["status"] == "quarantined"
+    (key,) = [key for key in redis.keys("*") if "01QUARANTINED" in key]
+    assert redis.hget(key, "s") == "quarantined"
+    assert redis.hget(key, "dl") == answer["dead_letter_id"]
+    assert redis.ttl(key) > 0
 
 
 def test_a_body_over_max_body_bytes_is_refused_413_as_json(app_with, redis):
@@ -307,3 +334,106 @@ def test_message_content_and_headers_of_a_sent_event_are_not_kept_in_the_queue(c
     assert queued["data"]["subject"] == payload["data"]["subject"]
     assert queued["event_id"] == payload["event_id"]
 
+
+
+# -- one JSON log line per request, with a request id -------------------------------
+
+
+@pytest.fixture
+def log_lines() -> Any:
+    """The app's log records as the JSON lines production writes (the app's logger
+    does not propagate to the root, so caplog alone would not see them)."""
+    from app.logs import JsonLineFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLineFormatter())
+    app_logger = logging.getLogger("app")
+    level = app_logger.level
+    app_logger.addHandler(handler)
+    app_logger.setLevel(logging.INFO)  # production's level; the test settings say WARNING
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        app_logger.removeHandler(handler)
+        app_logger.setLevel(level)
+
+
+def _webhook_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in lines if line["logger"] == "app.webhooks.views"]
+
+
+def test_each_webhook_request_logs_one_json_line_with_its_outcome_status_and_latency(
+    client, log_lines
+):
+    payload = webhook()
+    body = encode(payload)
+    headers = signed_headers(body)
+
+    post(client, payload)
+    post(client, payload)
+    client.post(URL, data=body, headers={**headers, "X-CIO-Signature": "0" * 64})
+    post(client, body=b"[1, 2]")
+    client.get(URL)
+
+    lines = _webhook_lines(log_lines())
+    assert [(line["outcome"], line["status"]) for line in lines] == [
+        ("queued", 202), ("duplicate", 200), ("refused", 401), ("quarantined", 202),
+        ("refused", 405),
+    ]
+    assert [line.get("reason") for line in lines][2:] == [
+        "signature", "not a usable reporting webhook", "method_not_allowed"]
+    for line in lines[:2]:
+        assert line["event_id"] == payload["event_id"]
+        assert line["event"] == "email_opened"
+    for line in lines:
+        assert line["request_id"]
+        assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
+        assert {"time", "level", "message"} <= set(line)
+    assert len({line["request_id"] for line in lines}) == len(lines)
+
+
+def test_the_signature_and_signing_keys_are_never_logged(client, log_lines, settings):
+    body = encode(webhook())
+    headers = signed_headers(body)
+
+    client.post(URL, data=body, headers=headers)
+    client.post(URL, data=body, headers={**headers, "X-CIO-Signature": "f" * 64})
+
+    text = json.dumps(log_lines())
+    assert headers["X-CIO-Signature"] not in text
+    assert "f" * 64 not in text
+    for key in settings.secrets.signing_keys:
+        assert key.decode() not in text
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("0f8fad5b-d9cb-469f-a165-70867728950e", True),
+        ("heroku.router:abc_123", True),
+        ("", False),
+        ("has spaces", False),
+        ('quote"and{brace}', False),
+        ("x" * 129, False),
+    ],
+)
+def test_a_sane_x_request_id_is_kept_and_echoed_and_anything_else_replaced(
+    client, log_lines, sent, kept
+):
+    body = encode(webhook())
+    response = client.post(URL, data=body, headers={**signed_headers(body), "X-Request-Id": sent})
+
+    echoed = response.headers["X-Request-Id"]
+    assert (echoed == sent) is kept
+    if not kept:
+        assert len(echoed) == 12 and echoed.isalnum()
+    (line,) = _webhook_lines(log_lines())
+    assert line["request_id"] == echoed
+
+
+def test_a_request_without_x_request_id_gets_a_fresh_one_per_request(client):
+    first = client.get("/healthz").headers["X-Request-Id"]
+    second = client.get("/healthz").headers["X-Request-Id"]
+
+    assert first != second

@@ -45,7 +45,48 @@ _schema = ReportingWebhookSchema()
 
 
 def load_webhook(payload: Any) -> dict[str, Any]:
-    """Return the validated envelope, or raise ValidationError with per-field messages."""
+    """Return the validated envelope, or raise ValidationError with per-field messages.
+
+    Nearly every payload is a good one, so it is checked by hand first (a few
+    microseconds, against tens for marshmallow on the webhook's hot path); the schema
+    stays the authority and writes the messages for anything the fast check turns down.
+    A property test holds the two to the same answers.
+    """
+    envelope = _fast_envelope(payload)
+    if envelope is not None:
+        return envelope
     if not isinstance(payload, dict):
         raise ValidationError({"_schema": ["the body must be a JSON object"]})
     return _schema.load(payload)
+
+
+def _fast_envelope(payload: Any) -> dict[str, Any] | None:
+    """The envelope marshmallow would load from this payload, or None to let it decide.
+
+    Mirrors ReportingWebhookSchema field by field; ``data`` is shared, not copied.
+    """
+    if type(payload) is not dict:
+        return None
+    get = payload.get
+    event_id, object_type, metric = get("event_id"), get("object_type"), get("metric")
+    timestamp, data = get("timestamp"), get("data")
+    if (
+        type(event_id) is str and 0 < len(event_id) <= 200 and _is_utf8(event_id)
+        and type(object_type) is str and 0 < len(object_type) <= 64 and _is_utf8(object_type)
+        and type(metric) is str and 0 < len(metric) <= 128 and _is_utf8(metric)
+        and type(timestamp) is int and 1_000_000_000 <= timestamp <= 9_999_999_999
+        and type(data) is dict
+    ):
+        return {"event_id": event_id, "object_type": object_type, "metric": metric,
+                "timestamp": timestamp, "data": data}
+    return None
+
+
+def _is_utf8(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
