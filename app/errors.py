@@ -6,12 +6,14 @@ import json
 import logging
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
+
+CONSOLE_PATH = "/admin/console/"
 
 
 def json_response(payload: dict[str, Any], status: int) -> Response:
@@ -25,7 +27,14 @@ def register_error_handlers(app: Flask) -> None:
     """Answer every error as JSON; Redis being unreachable is a 503 so senders retry."""
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
+    def http_error(exc: HTTPException) -> Any:
+        if request.path.startswith(CONSOLE_PATH):
+            # A console URL that matches no page (a typo, an old bookmark) is a person
+            # in a browser: answer with the console's page, not JSON. The console's own
+            # errors never get here; its blueprint handles them.
+            from app.admin.console import error_page
+
+            return error_page(exc)
         response = json_response(
             {"error": (exc.name or "error").lower(), "details": exc.description}, exc.code or 500
         )

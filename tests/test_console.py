@@ -298,3 +298,40 @@ def test_replay_all_needs_its_confirmation_box_ticked(signed_in, app):
     assert f"Kept {quarantined}: it is still not a usable webhook" in confirmed
     assert relay.queue_stats()["length"] == 1
     assert relay.queue_stats()["dead_letters"] == 1
+
+
+def test_a_console_url_that_matches_no_page_answers_a_console_page_not_json(signed_in):
+    response = signed_in.get(f"{CONSOLE}/no-such-page")
+
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "Back to the console" in text(response)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    api = signed_in.get("/admin/no-such-endpoint")  # the JSON API keeps answering JSON
+    assert api.status_code == 404 and api.mimetype == "application/json"
+
+
+def test_a_lookup_shows_an_ignored_event_and_why(signed_in, app):
+    services(app).toggles.set("email_opened", False, actor="test")
+    payload = webhook("email", "opened", delivery_id="delivery-ignored-1")
+    post_webhook(signed_in, payload)
+
+    page = signed_in.get(f"{CONSOLE}/lookup", query_string={"q": payload["event_id"]})
+
+    assert page.status_code == 200
+    assert "ignored" in text(page)
+    assert "event type turned off" in text(page)
+
+
+def test_the_session_cookie_is_secure_when_the_console_is_served_over_https(client):
+    over_http = sign_in(client)
+    form = client.get(f"{CONSOLE}/login", base_url="https://relay.example")
+    over_https = client.post(
+        f"{CONSOLE}/login", base_url="https://relay.example",
+        data={"token": ADMIN_TOKEN, "csrf_token": csrf_token(form)},
+        headers={"Referer": f"https://relay.example{CONSOLE}/login"},  # CSRF's HTTPS check
+    )
+
+    assert "Secure" not in over_http.headers["Set-Cookie"]  # make run on a laptop still works
+    assert over_https.status_code == 303
+    assert "Secure" in over_https.headers["Set-Cookie"]

@@ -26,12 +26,14 @@ from flask import (
     abort,
     current_app,
     flash,
+    make_response,
     redirect,
     render_template,
     request,
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -63,6 +65,17 @@ _MPARTICLE_ANSWERS = {
 }
 
 
+class _SessionOverHttpsIsSecure(SecureCookieSessionInterface):
+    """Mark the session cookie Secure whenever the console is served over HTTPS.
+
+    Behind a TLS proxy, gunicorn takes the scheme from X-Forwarded-Proto of the
+    addresses in FORWARDED_ALLOW_IPS. Plain HTTP (``make run`` on a laptop) still works.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure or super().get_cookie_secure(app)
+
+
 def init_console(app: Flask) -> None:
     """Configure sessions and CSRF for the console and register its blueprint."""
     token = services(app).settings.secrets.admin_token
@@ -81,6 +94,7 @@ def init_console(app: Flask) -> None:
         # A form's token is good for as long as the sign-in, not one hour of it.
         WTF_CSRF_TIME_LIMIT=None,
     )
+    app.session_interface = _SessionOverHttpsIsSecure()
     CSRFProtect(app)
     app.register_blueprint(blueprint)
 
@@ -126,8 +140,10 @@ def csrf_refused(exc: CSRFError) -> tuple[str, int]:
 
 
 @blueprint.errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> tuple[str, int]:
-    return _error_page(exc.code or 500, exc.name, exc.description or "")
+def error_page(exc: HTTPException) -> Response:
+    """An HTTP error as a console page (also for console URLs that match no page)."""
+    return protect_pages(make_response(_error_page(exc.code or 500, exc.name,
+                                                   exc.description or "")))
 
 
 @blueprint.errorhandler(RedisError)
