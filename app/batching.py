@@ -70,25 +70,27 @@ class EventTooLargeError(ValueError):
     """A single event does not fit in a batch on its own."""
 
 
-def _batch_header(environment: str, source_request_id: str, identities: dict[str, str]) -> bytes:
-    head = {
-        "environment": environment,
-        "source_request_id": source_request_id,
-        "user_identities": identities,
-        "events": [],
-    }
-    return encode(head)
+def _batch_header(environment: str, identities: dict[str, str]) -> tuple[bytes, bytes]:
+    """A batch's JSON up to its source_request_id, and from there to its first event.
+
+    Encoded once per person, the same bytes json.dumps gives for the whole header
+    (``{"environment":…,"source_request_id":"…","user_identities":{…},"events":[``).
+    """
+    return (
+        b'{"environment":' + encode(environment) + b',"source_request_id":"',
+        b'","user_identities":' + encode(identities) + b',"events":[',
+    )
 
 
-def _finish_batch(events: list[QueuedEvent], environment: str) -> Batch:
+def _finish_batch(events: list[QueuedEvent], header: tuple[bytes, bytes]) -> Batch:
     # The ids as a JSON list, not joined by a separator an event_id could itself contain
     # (["a,b"] and ["a", "b"] must not share an id); ASCII, so any id can be hashed.
     source_request_id = str(
         uuid.uuid5(BATCH_NAMESPACE, json.dumps([event.event_id for event in events]))
     )
-    header = _batch_header(environment, source_request_id, events[0].identities)
-    # The header ends in '"events":[]}'; the events go between its brackets.
-    encoded = header[:-2] + b",".join(event.encoded for event in events) + b"]}"
+    before_id, after_id = header
+    encoded = (before_id + source_request_id.encode("ascii") + after_id
+               + b",".join(event.encoded for event in events) + b"]}")
     return Batch(events=events, source_request_id=source_request_id, encoded=encoded)
 
 
@@ -103,7 +105,8 @@ def build_batches(
     batches: list[Batch] = []
     too_large: list[QueuedEvent] = []
     for person_events in by_person.values():
-        header_size = len(_batch_header(environment, "0" * 36, person_events[0].identities))
+        header = _batch_header(environment, person_events[0].identities)
+        header_size = len(header[0]) + 36 + len(header[1]) + 2  # the UUID, "]}"
         current: list[QueuedEvent] = []
         size = header_size
         for event in person_events:
@@ -112,12 +115,12 @@ def build_batches(
                 too_large.append(event)
                 continue
             if current and size + added > max_batch_bytes:
-                batches.append(_finish_batch(current, environment))
+                batches.append(_finish_batch(current, header))
                 current, size, added = [], header_size, len(event.encoded)
             current.append(event)
             size += added
         if current:
-            batches.append(_finish_batch(current, environment))
+            batches.append(_finish_batch(current, header))
     return batches, too_large
 
 

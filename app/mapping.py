@@ -140,8 +140,8 @@ def custom_attributes(webhook: dict[str, Any]) -> dict[str, Any]:
         value = None
         if push_recipient is not None and name in PUSH_RECIPIENT_FIELDS:
             value = _scalar(push_recipient.get(PUSH_RECIPIENT_FIELDS[name]))
-        if value is None:
-            value = _scalar(data.get(name))
+        if value is None and name in data:  # most names are absent: skip the checks
+            value = _scalar(data[name])
         if value is None and name in ATTRIBUTE_FALLBACKS:
             value = _scalar(data.get(ATTRIBUTE_FALLBACKS[name]))
         if value is not None:

@@ -281,3 +281,16 @@ def test_any_events_are_batched_and_packed_within_the_limits_and_none_are_lost(
     for person in {event.person for event in events}:  # each person's order is kept
         mine = [e.event_id for e in events if e.person == person and e not in too_large]
         assert [e for e in sent if e in mine] == mine
+
+
+def test_a_batch_is_byte_for_byte_what_json_dumps_writes_for_it():
+    events = [queued("e-1", ("ünï", "ü@example.com")), queued("e-2", ("ünï", "ü@example.com"))]
+
+    (batch,), _ = build(events)
+
+    assert batch.encoded == encode({
+        "environment": "production",
+        "source_request_id": batch.source_request_id,
+        "user_identities": events[0].identities,
+        "events": [event.event for event in events],
+    })
