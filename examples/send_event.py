@@ -19,7 +19,8 @@ import uuid
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000/webhooks/customerio")
+    port = os.environ.get("PORT", "8000")  # the same PORT `make run` listens on
+    parser.add_argument("--url", default=f"http://127.0.0.1:{port}/webhooks/customerio")
     parser.add_argument(
         "--key", default=os.environ.get("CIO_WEBHOOK_SIGNING_KEYS", "try-it-signing-key")
     )
