@@ -30,7 +30,7 @@ from app import mapping
 from app.keys import CONSUMER_GROUP, KeySpace
 from tests.conftest import TEST_REDIS_URL
 from tests.support.mparticle_standin import MParticleStandIn, Reply
-from tests.support.processes import REPO_ROOT, Deployment, Process, process_env
+from tests.support.processes import REPO_ROOT, Deployment, Process, process_env, wait_for
 from tests.support.webhooks import encode, signed_headers, webhook
 
 pytestmark = pytest.mark.e2e
@@ -131,14 +131,6 @@ class Relay:
     def all_output(self) -> str:
         return "\n".join(process.output() for process in self.deployment.processes)
 
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import requests
 from app import catalog, mapping
 from tests.conftest import ADMIN_TOKEN, STANDIN_KEY, STANDIN_SECRET, toml_text
 from tests.support.mparticle_standin import MParticleStandIn, Reply
-from tests.support.processes import REPO_ROOT, Deployment, process_env
+from tests.support.processes import REPO_ROOT, Deployment, process_env, wait_for
 from tests.support.webhooks import SIGNING_KEY, encode, signed_headers, webhook
 
 pytestmark = pytest.mark.e2e
@@ -79,14 +79,6 @@ def admin_get(relay: Deployment, path: str) -> requests.Response:
     return requests.get(f"{relay.url}{path}", timeout=5,
                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_procfile_web_and_worker_relay_a_mixed_stream_exactly_once(deployment, mparticle, redis):

@@ -26,7 +26,7 @@ from app import mapping
 from app.services import build_redis, connect_timeout
 from tests.e2e.test_procfile_processes import _deployment
 from tests.support.mparticle_standin import MParticleStandIn
-from tests.support.processes import REPO_ROOT, Deployment
+from tests.support.processes import REPO_ROOT, Deployment, wait_for
 from tests.support.redis_cluster import RedisServer, redis_binaries_missing
 from tests.support.webhooks import encode, signed_headers, webhook
 
@@ -97,14 +97,6 @@ class Traffic:
                               email=f"{person}@example.com", delivery_id=f"od-{index}-{n}"))
             self._stop.wait(0.01)
 
-
-def wait_for(condition: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def readyz(relay: Deployment) -> int:
