@@ -371,7 +371,7 @@ class RelayWorker:
                 elapsed = self._observe(started)
                 reason = "throttled" if exc.status == 429 else "unavailable"
                 self._metrics.retried.labels(reason=reason).inc()
-                wait = self.retry_wait(attempt, exc.retry_after)
+                wait = self.retry_wait(attempt, exc.retry_after, throttled=exc.status == 429)
                 self._log_request(
                     logging.WARNING, request, attempt, elapsed, exc.status, reason,
                     exc.rate_limit_percent_used, retry_in=wait, error=exc.reason,
@@ -462,15 +462,23 @@ class RelayWorker:
 
     # -- waiting -----------------------------------------------------------------------
 
-    def retry_wait(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``attempt``: Retry-After, else the schedule.
+    def retry_wait(
+        self, attempt: int, retry_after: float | None = None, *, throttled: bool = False
+    ) -> float:
+        """Seconds to wait before retry number ``attempt``.
 
-        Retry-After is capped at the schedule's largest step, so a wrong header cannot stall
-        the feed for days; the schedule's last step repeats forever, with jitter.
+        Retry-After when mParticle sent one, capped at the schedule's largest step so a
+        wrong header cannot stall the feed for days. A 429 without it (``throttled``):
+        exponential backoff from the schedule's first step with full jitter, so that
+        workers throttled together spread out and come back as soon as the limit allows.
+        Anything else (5xx, timeouts): the schedule, its last step repeating forever.
         """
         schedule = self._relay["retry_schedule_seconds"]
         if retry_after is not None:
             return min(retry_after, max(schedule))
+        if throttled:
+            ceiling = min(max(schedule), schedule[0] * 2 ** min(attempt - 1, 32))
+            return random.uniform(0, ceiling)  # noqa: S311 - jitter, not security
         step = schedule[min(attempt, len(schedule)) - 1]
         ratio = self._relay["retry_jitter_ratio"]
         return random.uniform(step * (1 - ratio), step * (1 + ratio))  # noqa: S311 - jitter

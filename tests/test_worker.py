@@ -765,3 +765,13 @@ def test_a_worker_waiting_to_retry_keeps_every_entry_of_its_pass_from_another_wo
     assert not first_pass.is_alive()
     assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
     assert queue_state(app) == (0, 0)
+
+
+def test_a_429_without_retry_after_backs_off_exponentially_with_full_jitter(make_app):
+    app = make_app({"relay": {"retry_schedule_seconds": [5, 300, 1800]}})
+    worker = build_worker(app)
+
+    for attempt, ceiling in [(1, 5), (2, 10), (3, 20), (9, 1280), (10, 1800), (60, 1800)]:
+        waits = [worker.retry_wait(attempt, throttled=True) for _ in range(300)]
+        assert all(0 <= wait <= ceiling for wait in waits)
+        assert min(waits) < ceiling * 0.2 and max(waits) > ceiling * 0.8  # full jitter
