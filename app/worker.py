@@ -35,7 +35,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import catalog, mapping, queue_entry, relay_state
@@ -227,7 +227,30 @@ class RelayWorker:
                 break
             if not worked:
                 self._sleep(self._relay["poll_interval_seconds"])
+        if not once:
+            self._hand_over_pending()
         logger.info("worker %s stopped", self.consumer)
+
+    def _hand_over_pending(self) -> None:
+        """On the way out, mark what this worker read but did not send as abandoned.
+
+        The entries stay pending (nothing is lost, nothing is sent twice), but with an
+        idle time of claim_idle_seconds, so the next worker (the one a deploy starts)
+        takes them over at once instead of after claim_idle_seconds: their shards would
+        otherwise wait that long, since a shard is read only while nobody else holds any
+        of it.
+        """
+        idle_ms = int(self._relay["claim_idle_seconds"] * 1000)
+        try:
+            for queue in self._keys.queues():
+                ids = [row["message_id"] for row in self._redis.xpending_range(
+                    queue, CONSUMER_GROUP, "-", "+", 100_000, consumername=self.consumer)]
+                if ids:
+                    self._redis.xclaim(queue, CONSUMER_GROUP, self.consumer, 0, ids,
+                                       idle=idle_ms, justid=True)
+                    logger.info("handed over %d unsent entries of %s", len(ids), queue)
+        except RedisError as exc:  # Redis is away: they are taken over after the idle time
+            logger.warning("could not hand over unsent entries (%s)", exc.__class__.__name__)
 
     def _survive(self, failures: int) -> None:
         """Log an unexpected error with its traceback, then back off before going on."""

@@ -775,3 +775,23 @@ def test_a_429_without_retry_after_backs_off_exponentially_with_full_jitter(make
         waits = [worker.retry_wait(attempt, throttled=True) for _ in range(300)]
         assert all(0 <= wait <= ceiling for wait in waits)
         assert min(waits) < ceiling * 0.2 and max(waits) > ceiling * 0.8  # full jitter
+
+
+def test_a_stopped_worker_hands_what_it_did_not_send_to_the_next_at_once(make_app, mparticle):
+    # A long claim_idle_seconds, as in production: the next worker must not wait it out.
+    app = make_app({"relay": {"claim_idle_seconds": 60}})
+    payloads = [event("ann"), event("bob"), event("cat")]
+    send(app, *payloads)
+    mparticle.script(Reply(503))  # the first worker is left waiting to retry
+    leaving = build_worker(app)
+    leaving.consumer = "worker-a"
+    with Running(leaving):
+        assert wait_until(lambda: len(mparticle.requests) == 1)
+    assert queue_state(app) == (3, 3)  # still queued, still pending under the first worker
+    arriving = build_worker(app)
+    arriving.consumer = "worker-b"
+
+    arriving.run(once=True)
+
+    assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
+    assert queue_state(app) == (0, 0)
