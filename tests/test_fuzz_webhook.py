@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from app import queue_entry
 from app.services import services
 from app.webhooks.views import MAX_JSON_DEPTH
+from tests.support import strategies
 from tests.support.webhooks import SIGNING_KEY, signed_headers, webhook
 
 URL = "/webhooks/customerio"
@@ -32,16 +33,8 @@ FUZZ = settings(
 )
 
 # Any JSON value, nested a few levels: what a confused or hostile sender could put anywhere.
-json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=40)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=12,
-)
+json_scalars = strategies.json_scalars()
+json_values = strategies.json_values(json_scalars)
 # Values near the envelope's limits, of the right type and not.
 edge_values = st.sampled_from([
     "", "x", "x" * 64, "x" * 65, "x" * 128, "x" * 129, "x" * 200, "x" * 201, "y" * 20_000,

@@ -16,6 +16,7 @@ from marshmallow import ValidationError
 from app import catalog, mapping
 from app.batching import encode
 from app.webhooks.schemas import load_webhook
+from tests.support import strategies
 from tests.support.webhooks import webhook
 
 OPENAPI_FILE = (
@@ -476,12 +477,7 @@ json_scalars = (
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats() | st.sampled_from([math.nan, math.inf, -math.inf]) | any_text
 )
-json_values = st.recursive(
-    json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children,
-                                                                      max_size=4),
-    max_leaves=12,
-)
+json_values = strategies.json_values(json_scalars)
 known_keys = st.sampled_from(
     [*CONTRACT_ATTRIBUTES, "identifiers", "recipients", "customer_id", "email_address",
      "subject_id", "device_platform"]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from marshmallow import ValidationError
 
 from app.webhooks.schemas import _fast_envelope, _schema, load_webhook
+from tests.support import strategies
 
 REQUIRED = ("event_id", "object_type", "metric", "timestamp", "data")
 
@@ -116,16 +117,8 @@ def test_a_payload_that_is_not_an_object_is_refused_with_a_message(payload):
 
 # -- the hand-written fast check agrees with the schema -------------------------------
 
-_json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-)
-_json_values = st.recursive(
-    _json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=3),
-    max_leaves=8,
-)
+_json_values = strategies.json_values(strategies.json_scalars(max_text=20), max_items=3,
+                                      max_leaves=8)
 # The envelope's boundaries: lengths around each limit, timestamps around the range, lone
 # surrogates, and numbers that are equal to an int without being one.
 _edges = st.sampled_from([

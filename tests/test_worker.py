@@ -439,25 +439,30 @@ def test_entries_a_killed_worker_left_pending_are_taken_over_and_delivered_once(
     )
 
 
+def run_beside_one_waiting_to_retry(app: Flask, other: RelayWorker, mparticle: Any) -> None:
+    """Worker A's pass gets a 429 (Retry-After: 2 s, past claim_idle_seconds) and waits;
+    ``other`` (worker B) runs meanwhile until A's pass has ended."""
+    waiting = build_worker(app)
+    waiting.consumer, other.consumer = "worker-a", "worker-b"
+    mparticle.script(Reply(429, {"Retry-After": "2"}))
+    first_pass = threading.Thread(target=waiting.run, kwargs={"once": True})
+    first_pass.start()
+    assert wait_until(lambda: len(mparticle.requests) == 1)
+    with Running(other):
+        first_pass.join(timeout=10)
+    assert not first_pass.is_alive()
+
+
 def test_a_worker_waiting_to_retry_keeps_its_entries_from_another_worker(
     app, make_app, mparticle
 ):
     payload = event("ann")
     send(app, payload)
-    waiting = build_worker(app)
-    waiting.consumer = "worker-a"
     other = build_worker(make_app())
-    other.consumer = "worker-b"
+
     # Longer than claim_idle_seconds (1): worker A waits 2 s before it sends again.
-    mparticle.script(Reply(429, {"Retry-After": "2"}))
-    first_pass = threading.Thread(target=waiting.run, kwargs={"once": True})
-    first_pass.start()
-    assert wait_until(lambda: len(mparticle.requests) == 1)
+    run_beside_one_waiting_to_retry(app, other, mparticle)
 
-    with Running(other):
-        first_pass.join(timeout=10)
-
-    assert not first_pass.is_alive()
     assert mparticle.source_message_ids() == message_ids(payload)  # once, not twice
     assert queue_state(app) == (0, 0)
 
@@ -749,20 +754,11 @@ def test_a_worker_waiting_to_retry_keeps_every_entry_of_its_pass_from_another_wo
     app = make_app(sections)
     payloads = [event("ann"), event("bob")]
     send(app, *payloads)
-    waiting = build_worker(app)
-    waiting.consumer = "worker-a"
     other = build_worker(make_app(sections))
-    other.consumer = "worker-b"
     other._wait_for_throttle = lambda: None  # B ignores the shared wait: only claims hold it
-    mparticle.script(Reply(429, {"Retry-After": "2"}))  # longer than claim_idle_seconds (1)
-    first_pass = threading.Thread(target=waiting.run, kwargs={"once": True})
-    first_pass.start()
-    assert wait_until(lambda: len(mparticle.requests) == 1)
 
-    with Running(other):
-        first_pass.join(timeout=10)
+    run_beside_one_waiting_to_retry(app, other, mparticle)
 
-    assert not first_pass.is_alive()
     assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
     assert queue_state(app) == (0, 0)
 
