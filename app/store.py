@@ -101,11 +101,14 @@ class EventStore:
         )
         return Outcome(_text(status), _text(detail))
 
-    def note_ignored(self, event: IncomingEvent, reason: str) -> None:
-        """Remember that an event was answered "ignored", and why (one round trip)."""
+    def note_ignored(self, event_id: str, event_type: str, routing_key: str, reason: str) -> None:
+        """Remember that an event was answered "ignored", and why (one round trip).
+
+        Under the same shard as an accepted copy, so a later copy replaces this story.
+        """
         self._note(
-            keys=[self._keys.event(self._keys.shard_for(event.routing_key), event.event_id)],
-            args=[self._event_ttl, "s", "ignored", "t", event.event_type, "why", reason,
+            keys=[self._keys.event(self._keys.shard_for(routing_key), event_id)],
+            args=[self._event_ttl, "s", "ignored", "t", event_type, "why", reason,
                   "r", int(self._clock() * 1000)],
         )
 

@@ -4,9 +4,10 @@ Error policy, in order (CONTRACT §5):
 
 * 202: acknowledged and deleted from the stream; each event's story says "relayed".
   When mParticle says its rate limit is nearly used up, every worker pauses a little.
-* 429: wait Retry-After (capped), else the next step of ``retry_schedule_seconds``
-  with jitter; retry byte-identical.
-* 5xx, timeouts, connection errors: the same schedule; nothing is ever dropped.
+* 429: wait Retry-After (capped), else exponential backoff from the schedule's first
+  step with full jitter; retry byte-identical.
+* 5xx, timeouts, connection errors: the next step of ``retry_schedule_seconds``, with
+  jitter, the last step repeating; nothing is ever dropped.
 * 400/413/422: split the request in halves until the refused batch is alone, and
   dead-letter only that batch, with mParticle's answer.
 * 401/403: stop sending, keep everything queued, report not ready, one log line;

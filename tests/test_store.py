@@ -368,7 +368,8 @@ def test_a_body_that_packing_would_not_shrink_is_stored_plain():
 def test_an_ignored_event_leaves_a_story_saying_why_with_the_mark_ttl(store, redis, keys):
     event = incoming(event_type="email_drafted")
 
-    store.note_ignored(event, "event type turned off")
+    store.note_ignored(event.event_id, event.event_type, event.routing_key,
+                       "event type turned off")
 
     story = find_event(redis, keys, event.event_id)
     assert story["status"] == "ignored"
@@ -383,7 +384,8 @@ def test_an_ignored_copy_of_a_queued_event_keeps_the_queued_story(store, redis, 
     event = incoming()
     store.accept(event)
 
-    store.note_ignored(event, "event type turned off")
+    store.note_ignored(event.event_id, event.event_type, event.routing_key,
+                       "event type turned off")
 
     story = find_event(redis, keys, event.event_id)
     assert story["status"] == "queued"
@@ -412,7 +414,8 @@ def test_any_body_unpacks_to_exactly_what_was_packed(body):
 
 def test_an_event_ignored_while_its_type_was_off_is_queued_when_sent_again(store, redis, keys):
     event = incoming()
-    store.note_ignored(event, "event type turned off")
+    store.note_ignored(event.event_id, event.event_type, event.routing_key,
+                       "event type turned off")
 
     outcome = store.accept(event)
 

@@ -14,6 +14,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 # Unix seconds between 2001 and 2286: catches milliseconds or garbage sent as seconds.
 _TIMESTAMP_RANGE = validate.Range(min=1_000_000_000, max=9_999_999_999)
+# Longest envelope strings accepted (they become parts of Redis keys and log lines).
+MAX_EVENT_ID, MAX_OBJECT_TYPE, MAX_METRIC = 200, 64, 128
 
 
 def _encodable(value: str) -> None:
@@ -31,12 +33,14 @@ class ReportingWebhookSchema(Schema):
         unknown = EXCLUDE
 
     event_id = fields.String(
-        required=True, validate=[validate.Length(min=1, max=200), _encodable]
+        required=True, validate=[validate.Length(min=1, max=MAX_EVENT_ID), _encodable]
     )
     object_type = fields.String(
-        required=True, validate=[validate.Length(min=1, max=64), _encodable]
+        required=True, validate=[validate.Length(min=1, max=MAX_OBJECT_TYPE), _encodable]
     )
-    metric = fields.String(required=True, validate=[validate.Length(min=1, max=128), _encodable])
+    metric = fields.String(
+        required=True, validate=[validate.Length(min=1, max=MAX_METRIC), _encodable]
+    )
     timestamp = fields.Integer(required=True, strict=True, validate=_TIMESTAMP_RANGE)
     data = fields.Dict(required=True)
 
@@ -71,9 +75,9 @@ def _fast_envelope(payload: Any) -> dict[str, Any] | None:
     event_id, object_type, metric = get("event_id"), get("object_type"), get("metric")
     timestamp, data = get("timestamp"), get("data")
     if (
-        type(event_id) is str and 0 < len(event_id) <= 200 and _is_utf8(event_id)
-        and type(object_type) is str and 0 < len(object_type) <= 64 and _is_utf8(object_type)
-        and type(metric) is str and 0 < len(metric) <= 128 and _is_utf8(metric)
+        _is_text(event_id, MAX_EVENT_ID)
+        and _is_text(object_type, MAX_OBJECT_TYPE)
+        and _is_text(metric, MAX_METRIC)
         and type(timestamp) is int and 1_000_000_000 <= timestamp <= 9_999_999_999
         and type(data) is dict
     ):
@@ -82,7 +86,19 @@ def _fast_envelope(payload: Any) -> dict[str, Any] | None:
     return None
 
 
-def _is_utf8(value: str) -> bool:
+def usable_event_id(payload: Any) -> str | None:
+    """The event_id a payload names when it is one the schema would accept, else None.
+
+    For payloads refused otherwise: their story can still be kept under that id.
+    """
+    event_id = payload.get("event_id") if type(payload) is dict else None
+    return event_id if _is_text(event_id, MAX_EVENT_ID) else None
+
+
+def _is_text(value: Any, max_length: int) -> bool:
+    """A non-empty str of at most ``max_length`` that encodes to UTF-8 (the schema's rule)."""
+    if type(value) is not str or not 0 < len(value) <= max_length:
+        return False
     if value.isascii():
         return True
     try:

@@ -19,7 +19,7 @@ from app import catalog, mapping
 from app.errors import json_response
 from app.services import services
 from app.store import IncomingEvent
-from app.webhooks.schemas import load_webhook
+from app.webhooks.schemas import load_webhook, usable_event_id
 from app.webhooks.signature import SignatureError, verify_signature
 
 logger = logging.getLogger(__name__)
@@ -181,18 +181,6 @@ def _nested_too_deep(payload: Any) -> bool:
     return False
 
 
-def _named_event_id(payload: Any) -> str | None:
-    """The event_id an unusable payload names, when it is one a Redis key can hold."""
-    event_id = payload.get("event_id") if isinstance(payload, dict) else None
-    if isinstance(event_id, str) and 0 < len(event_id) <= 200:
-        try:
-            event_id.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        return event_id
-    return None
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -213,16 +201,7 @@ def _ignored(
     relay: Any, webhook: dict[str, Any], name: str, log: dict[str, Any], reason: str
 ) -> Response:
     # Its story says why (for support's "where is event X"); nothing is queued.
-    relay.event_store.note_ignored(
-        IncomingEvent(
-            event_id=log["event_id"],
-            event_type=name,
-            delivery_id=mapping.delivery_id_of(webhook),
-            routing_key=mapping.routing_key(webhook),
-            body="",
-        ),
-        reason,
-    )
+    relay.event_store.note_ignored(log["event_id"], name, mapping.routing_key(webhook), reason)
     relay.metrics.outcome["ignored"].inc()
     log["outcome"] = "ignored"
     log["reason"] = reason
@@ -236,7 +215,7 @@ def _quarantine(
     relay: Any, body: bytes, reason: str, details: dict[str, Any], payload: Any = None
 ) -> Response:
     entry_id = relay.event_store.quarantine(
-        body, reason, details, event_id=_named_event_id(payload)
+        body, reason, details, event_id=usable_event_id(payload)
     )
     relay.metrics.outcome["quarantined"].inc()
     g.webhook_log = {"outcome": "quarantined", "reason": reason, "dead_letter": entry_id}
