@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -40,8 +41,10 @@ def create_app(
     _register_blueprints(app)
     register_error_handlers(app)
     _register_cli(app)
+    start_worker = None
     if settings.embedded and role == "web":
-        _start_embedded_worker_on_first_request(app)
+        start_worker = _start_embedded_worker_on_first_request(app)
+    _serve_webhooks_in_front(app, start_worker)
     return app
 
 
@@ -87,12 +90,17 @@ def _register_blueprints(app: Flask) -> None:
     from app.admin.api import blueprint as admin_api
     from app.admin.console import init_console
     from app.health import blueprint as health
-    from app.webhooks.views import blueprint as webhooks
 
-    app.register_blueprint(webhooks)
     app.register_blueprint(health)
     app.register_blueprint(admin_api)
     init_console(app)  # the web console, its session and CSRF checks
+
+
+def _serve_webhooks_in_front(app: Flask, on_request: Callable[[], None] | None) -> None:
+    """The webhook route as plain WSGI before Flask (see app.webhooks.endpoint)."""
+    from app.webhooks.endpoint import WebhookEndpoint
+
+    app.wsgi_app = WebhookEndpoint(app.wsgi_app, services(app), on_request)  # type: ignore[method-assign]
 
 
 def _register_cli(app: Flask) -> None:
@@ -101,11 +109,12 @@ def _register_cli(app: Flask) -> None:
     register_commands(app)
 
 
-def _start_embedded_worker_on_first_request(app: Flask) -> None:
+def _start_embedded_worker_on_first_request(app: Flask) -> Callable[[], None]:
     """On the embedded default the worker is a thread of the web process.
 
     It starts with the first request, so it runs in the serving process (after
-    gunicorn forks) and never in a CLI command that merely loads the app.
+    gunicorn forks) and never in a CLI command that merely loads the app. Returns the
+    starter, which the webhook route (served before Flask) calls too.
     """
     lock = threading.Lock()
 
@@ -124,3 +133,5 @@ def _start_embedded_worker_on_first_request(app: Flask) -> None:
             services(app).extras["worker_thread"] = thread
             thread.start()
             logger.info("embedded worker started in this process")
+
+    return start_worker_once

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app import queue_entry
 from app.services import services
-from app.webhooks.views import MAX_JSON_DEPTH
+from app.webhooks.endpoint import MAX_JSON_DEPTH
 from tests.support import strategies
 from tests.support.webhooks import SIGNING_KEY, signed_headers, webhook
 

@@ -360,7 +360,7 @@ def log_lines() -> Any:
 
 
 def _webhook_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [line for line in lines if line["logger"] == "app.webhooks.views"]
+    return [line for line in lines if line["logger"] == "app.webhooks.endpoint"]
 
 
 def test_each_webhook_request_logs_one_json_line_with_its_outcome_status_and_latency(

@@ -1,0 +1,296 @@
+"""POST /webhooks/customerio: authenticate the raw bytes, load, decide, store, answer.
+
+This one route carries all of Customer.io's traffic, so it is served as plain WSGI in
+front of Flask, which serves every other route. Flask's request machinery (request
+context, URL matching, hooks, Request and Response objects) cost about as much CPU as
+everything this route does apart from Redis (README, "Performance"); none of it is
+needed here. Slow work (mapping, mParticle) is the worker's; this route does one Redis
+round trip for an event it queues, and answers well within Customer.io's 4 seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+from marshmallow import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from werkzeug.wsgi import get_content_length
+
+from app import catalog, mapping
+from app.logs import request_id_from
+from app.services import Services
+from app.store import IncomingEvent
+from app.webhooks.schemas import load_webhook, usable_event_id
+from app.webhooks.signature import SignatureError, verify_signature
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/customerio"
+
+# Keys of "sent" events that can carry a whole message body; not forwarded, not kept.
+_BULKY_FIELDS = ("content", "headers")
+
+# Customer.io's webhooks nest four levels deep. JSON nested far deeper is junk, and one
+# nested near Python's recursion limit could be parsed here yet not by the worker (or
+# not re-encoded here): it is quarantined instead.
+MAX_JSON_DEPTH = 64
+
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class Answer(Exception):
+    """A finished answer: status, JSON payload, extra headers and the log line's fields.
+
+    Raised where the route stops early (a refusal), returned where it ends normally.
+    """
+
+    def __init__(
+        self, status: int, payload: dict[str, Any], log: dict[str, Any],
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(status)
+        self.status = status
+        self.payload = payload
+        self.log = log
+        self.headers = headers
+
+
+class WebhookEndpoint:
+    """WSGI middleware: answers WEBHOOK_PATH itself, hands every other request on."""
+
+    def __init__(
+        self, flask_wsgi_app: WSGIApp, relay: Services,
+        on_request: Callable[[], None] | None = None,
+    ) -> None:
+        self._next = flask_wsgi_app
+        self._relay = relay
+        self._on_request = on_request  # the embedded default starts its worker here
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != WEBHOOK_PATH:
+            return self._next(environ, start_response)
+        started = time.perf_counter()
+        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+        try:
+            if self._on_request is not None:
+                self._on_request()
+            answer = receive_webhook(self._relay, environ)
+        except Answer as refusal:
+            answer = refusal
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            answer = self._redis_unavailable(exc)
+        except Exception:
+            logger.exception("unexpected error")
+            answer = Answer(500, {"error": "internal error", "details": None},
+                            {"outcome": "refused", "reason": "error"})
+        body = json.dumps(answer.payload, separators=(",", ":")).encode()
+        start_response(_STATUS_LINES[answer.status], [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("X-Request-Id", request_id),
+            *answer.headers,
+        ])
+        _log_request(answer, request_id, started)
+        return [body]
+
+    def _redis_unavailable(self, exc: Exception) -> Answer:
+        logger.error("redis unavailable: %s", exc.__class__.__name__)
+        self._relay.metrics.rejected_for["redis_unavailable"].inc()
+        return Answer(
+            503, {"error": "service unavailable",
+                  "details": "the queue (Redis) cannot be reached; retry later"},
+            {"outcome": "refused", "reason": "redis_unavailable"},
+        )
+
+
+def receive_webhook(relay: Services, environ: dict[str, Any]) -> Answer:
+    """Verify, validate and queue one Customer.io reporting webhook."""
+    if environ.get("REQUEST_METHOD") != "POST":
+        raise Answer(
+            405, {"error": "method not allowed",
+                  "details": "The method is not allowed for the requested URL."},
+            {"outcome": "refused", "reason": "method_not_allowed"}, (("Allow", "POST"),),
+        )
+    config = relay.settings.webhook
+    counters = relay.metrics
+    counters.received.inc()
+    body = _read_body(environ, config["max_body_bytes"], relay)
+    if config["require_signature"]:
+        try:
+            verify_signature(
+                body,
+                environ.get("HTTP_X_CIO_TIMESTAMP"),
+                environ.get("HTTP_X_CIO_SIGNATURE"),
+                relay.settings.secrets.signing_keys,
+                tolerance_seconds=config["timestamp_tolerance_seconds"],
+                now=time.time(),
+            )
+        except SignatureError as exc:
+            counters.rejected_for["signature"].inc()
+            raise Answer(401, {"error": "invalid signature", "details": str(exc)},
+                         {"outcome": "refused", "reason": "signature",
+                          "details": str(exc)}) from None
+
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # ValueError includes UnicodeDecodeError
+        return _quarantine(relay, body, "body is not JSON", {"_body": [str(exc)[:200]]})
+    # Counting brackets is a C-speed scan that rules out deep nesting for nearly every body.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nested_too_deep(payload):
+        return _quarantine(relay, body, "body is nested too deep",
+                           {"_body": [f"JSON nested deeper than {MAX_JSON_DEPTH} levels"]})
+    try:
+        webhook = load_webhook(payload)
+    except ValidationError as exc:
+        return _quarantine(
+            relay, body, "not a usable reporting webhook", exc.normalized_messages(), payload
+        )
+
+    event_id = webhook["event_id"]
+    name = f"{webhook['object_type']}_{webhook['metric']}"
+    log = {"event_id": event_id, "event": name}
+    if catalog.lookup(webhook["object_type"], webhook["metric"]) is None:
+        return _ignored(relay, webhook, name, log, "unknown event type")
+    if not relay.toggles.is_enabled(name):
+        return _ignored(relay, webhook, name, log, "event type turned off")
+
+    outcome = relay.event_store.accept(
+        IncomingEvent(
+            event_id=event_id,
+            event_type=name,
+            delivery_id=mapping.delivery_id_of(webhook),
+            routing_key=mapping.routing_key(webhook),
+            body=_queued_body(body, webhook),
+        )
+    )
+    status = outcome.status
+    counters.outcome[status].inc()
+    log["outcome"] = status
+    if status == "queued":
+        return Answer(202, {"status": "queued", "event_id": event_id, "event": name}, log)
+    if status == "suppressed":
+        log["first_event_id"] = outcome.detail
+        return Answer(200, {"status": "suppressed", "event_id": event_id, "event": name,
+                            "first_event_id": outcome.detail}, log)
+    return Answer(200, {"status": "duplicate", "event_id": event_id}, log)
+
+
+def _log_request(answer: Answer, request_id: str, started: float) -> None:
+    """One JSON line per webhook request: what became of it, status, latency.
+
+    Never a header: the signature stays out of the logs.
+    """
+    status = answer.status
+    fields = answer.log
+    if status >= 500:
+        level = logging.ERROR
+    elif status >= 400 or fields["outcome"] == "quarantined":
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    if not logger.isEnabledFor(level):
+        return
+    fields["status"] = status
+    fields["request_id"] = request_id
+    fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    # logger.log() would also walk the stack for a source line nobody reads here:
+    # a tenth of this line's cost, on every request.
+    logger.handle(logger.makeRecord(
+        logger.name, level, __file__, 0, "webhook %s", (fields["outcome"],), None,
+        func="receive_webhook", extra=fields,
+    ))
+
+
+def _read_body(environ: dict[str, Any], limit: int, relay: Services) -> bytes:
+    """The raw body; 413 past ``limit`` (read no further), with or without a Content-Length.
+
+    A streamed (chunked) body reaches the app with no Content-Length and, from gunicorn,
+    ``wsgi.input_terminated``; it is read to one byte past the limit, so a body cut at
+    the limit is never taken for the whole one.
+    """
+    length = get_content_length(environ)
+    stream = environ["wsgi.input"]
+    if length is not None:
+        if length > limit:
+            _too_large(relay, limit)
+        return stream.read(length) if length else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        _too_large(relay, limit)
+    return body
+
+
+def _too_large(relay: Services, limit: int) -> None:
+    relay.metrics.rejected_for["body_too_large"].inc()
+    raise Answer(
+        413, {"error": "request entity too large",
+              "details": f"the body is over {limit} bytes ([webhook] max_body_bytes)"},
+        {"outcome": "refused", "reason": "body_too_large"},
+    )
+
+
+def _nested_too_deep(payload: Any) -> bool:
+    """Whether lists and objects nest deeper than MAX_JSON_DEPTH (without recursing)."""
+    pending = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        pending.extend((child, depth + 1) for child in value)
+    return False
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _queued_body(body: bytes, webhook: dict[str, Any]) -> str:
+    """The text kept in the queue: the body as received, minus message content."""
+    data = webhook["data"]
+    if "content" not in data and "headers" not in data:  # _BULKY_FIELDS, unrolled
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:  # valid JSON in UTF-16/32: keep it as UTF-8 text
+            pass
+    trimmed = {key: value for key, value in data.items() if key not in _BULKY_FIELDS}
+    return json.dumps({**webhook, "data": trimmed}, separators=(",", ":"))
+
+
+def _ignored(
+    relay: Services, webhook: dict[str, Any], name: str, log: dict[str, Any], reason: str
+) -> Answer:
+    # Its story says why (for support's "where is event X"); nothing is queued.
+    relay.event_store.note_ignored(log["event_id"], name, mapping.routing_key(webhook), reason)
+    relay.metrics.outcome["ignored"].inc()
+    log["outcome"] = "ignored"
+    log["reason"] = reason
+    return Answer(200, {"status": "ignored", "event_id": log["event_id"],
+                        "event": log["event"], "reason": reason}, log)
+
+
+def _quarantine(
+    relay: Services, body: bytes, reason: str, details: dict[str, Any], payload: Any = None
+) -> Answer:
+    entry_id = relay.event_store.quarantine(
+        body, reason, details, event_id=usable_event_id(payload)
+    )
+    relay.metrics.outcome["quarantined"].inc()
+    return Answer(
+        202, {"status": "quarantined", "reason": reason, "details": details,
+              "dead_letter_id": entry_id},
+        {"outcome": "quarantined", "reason": reason, "dead_letter": entry_id},
+    )
