@@ -282,6 +282,24 @@ def test_a_get_is_answered_405_as_json(client):
     assert "POST" in response.headers["Allow"]
 
 
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+def test_every_method_but_post_is_answered_405_and_stores_nothing(client, redis, method):
+    response = client.open(URL, method=method, data=encode(webhook()))
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    if method == "HEAD":
+        assert response.data == b""
+    else:
+        assert response.get_json()["error"] == "method not allowed"
+    assert redis.dbsize() == 0
+
+
+def test_other_routes_are_still_served_by_flask_beside_the_webhook(client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get(URL + "/extra").status_code == 404
+
+
 def test_a_webhook_is_answered_503_when_redis_cannot_be_reached(make_settings):
     # Nothing listens on port 1. No retries: redis-py's default retries only slow the test.
     unreachable = redis_lib.Redis(

@@ -99,7 +99,7 @@ class WebhookEndpoint:
             *answer.headers,
         ])
         _log_request(answer, request_id, started)
-        return [body]
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     def _redis_unavailable(self, exc: Exception) -> Answer:
         logger.error("redis unavailable: %s", exc.__class__.__name__)
