@@ -6,7 +6,9 @@
 1. Ingest: wrk POSTs to (a) a bare Flask endpoint that only reads the body and (b) the
    real webhook path on a real Redis, both served by the Procfile's gunicorn command
    (gunicorn.conf.py applies to both). (b) gets distinct, freshly signed events.
-   Prints requests/s, p50/p99 and the ratio (b)/(a).
+   Prints requests/s, p50/p99 and the ratio (b)/(a); and, for reference, (c) a
+   straightforward handler (bench/straightforward_app.py: HMAC, JSON, SET NX + XADD)
+   on the same events, so the relay's own work can be told from the round trip's.
 2. Relay: a backlog of distinct events (each its own person: one batch per event, the
    worst case) drained by one `cio-relay worker` process into the loopback mParticle
    stand-in, next to the same backlog sent one POST per event; in turns, median of the
@@ -191,36 +193,43 @@ def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[s
     client.flushdb()
     bare = start_web(env, work, "bench.bare_app:app")
     relay = start_web(env, work)
+    plain = start_web(env, work, "bench.straightforward_app:app")
     rounds: list[dict[str, Any]] = []
     try:
-        run_wrk(bare.url, warm, 2, args.connections, threads)
-        run_wrk(relay.url, warm, 2, args.connections, threads)
+        for server in (bare, relay, plain):
+            run_wrk(server.url, warm, 2, args.connections, threads)
         for number in range(args.rounds):
             bare_result = run_wrk(bare.url, warm, args.seconds, args.connections, threads,
                                   bare, client)
             # Distinct events for every request the relay could possibly take in that time.
             distinct = max(int(bare_result["rps"] * args.seconds * 1.2), 5000)
-            events = write_signed_events(work, distinct, threads, f"run{number}")
-            client.flushdb()
-            relay_result = run_wrk(relay.url, events, args.seconds, args.connections, threads,
-                                   relay, client)
-            queued = sum(client.xlen(queue) for queue in KeySpace().queues())
-            rounds.append({"bare": bare_result, "relay": relay_result, "queued": queued,
-                           "distinct_events": distinct,
+            results = {"bare": bare_result}
+            for name, server in (("relay", relay), ("straightforward", plain)):
+                events = write_signed_events(work, distinct, threads, f"{name}{number}")
+                client.flushdb()
+                results[name] = run_wrk(server.url, events, args.seconds, args.connections,
+                                        threads, server, client)
+                if name == "relay":
+                    queued = sum(client.xlen(queue) for queue in KeySpace().queues())
+            relay_result, plain_result = results["relay"], results["straightforward"]
+            rounds.append({**results, "queued": queued, "distinct_events": distinct,
                            "ratio": relay_result["rps"] / bare_result["rps"],
+                           "straightforward_ratio": plain_result["rps"] / bare_result["rps"],
                            "cpu_ratio": _cpu_per_request(bare_result)
                            / _cpu_per_request(relay_result)})
             print(f"round {number + 1}: bare {bare_result['rps']:.0f}/s, relay "
-                  f"{relay_result['rps']:.0f}/s, ratio {rounds[-1]['ratio']:.2f}; CPU us/request "
+                  f"{relay_result['rps']:.0f}/s, ratio {rounds[-1]['ratio']:.2f}; "
+                  f"straightforward {plain_result['rps']:.0f}/s, ratio "
+                  f"{rounds[-1]['straightforward_ratio']:.2f}; CPU us/request "
                   f"bare {_cpu_text(bare_result)}, relay {_cpu_text(relay_result)}, "
-                  f"ratio {rounds[-1]['cpu_ratio']:.2f}", flush=True)
+                  f"straightforward {_cpu_text(plain_result)}", flush=True)
     finally:
-        bare.stop_all()
-        relay.stop_all()
+        for server in (bare, relay, plain):
+            server.stop_all()
     median_round = sorted(rounds, key=lambda result: result["ratio"])[len(rounds) // 2]
-    cpu_ratios = sorted(result["cpu_ratio"] for result in rounds)
     return {**median_round, "ratios": [result["ratio"] for result in rounds],
-            "cpu_ratio": cpu_ratios[len(cpu_ratios) // 2]}
+            "straightforward_ratios": [result["straightforward_ratio"] for result in rounds],
+            "cpu_ratio": _median([result["cpu_ratio"] for result in rounds])}
 
 
 def _median(values: list[float]) -> float:
@@ -385,12 +394,16 @@ def print_ingest(args: argparse.Namespace, ingest: dict[str, Any]) -> None:
           f"wrk -t2 -c{args.connections} -d{args.seconds}s")
     print("| ingest | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|")
+    plain = ingest["straightforward"]
     for name, result in (("(a) bare Flask, reads the body", bare),
-                         ("(b) relay webhook, distinct signed events", relay)):
+                         ("(b) relay webhook, distinct signed events", relay),
+                         ("(c) for reference: a straightforward handler", plain)):
         print(f"| {name} | {result['rps']:.0f} | {result['p50_us'] / 1000:.2f} | "
               f"{result['p99_us'] / 1000:.2f} | {result['errors'] + result['non2xx']} |")
     print(f"ratio (b)/(a), median of {len(ingest['ratios'])} rounds: {ingest['ratio']:.2f} "
           f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ingest['ratios'])})")
+    print(f"for reference, (c)/(a): "
+          f"{', '.join(f'{ratio:.2f}' for ratio in ingest['straightforward_ratios'])}")
     print(f"CPU time per request (gunicorn + wrk + Redis), bare/relay, median: "
           f"{ingest['cpu_ratio']:.2f}; median round: bare {_cpu_text(bare)}, "
           f"relay {_cpu_text(relay)} us")
