@@ -455,3 +455,36 @@ def test_a_request_without_x_request_id_gets_a_fresh_one_per_request(client):
     second = client.get("/healthz").headers["X-Request-Id"]
 
     assert first != second
+
+
+class _CountingConnection(redis_lib.Connection):
+    """A real connection that counts what it sends: one send is one round trip."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sends += 1
+        super().send_packed_command(command, check_health)
+
+
+@pytest.mark.parametrize("repeat", ["queued", "duplicate", "suppressed"])
+def test_a_webhook_costs_one_redis_round_trip(make_settings, redis_url, redis, repeat):
+    counting = redis_lib.Redis.from_url(
+        redis_url, connection_class=_CountingConnection, decode_responses=True
+    )
+    app = create_app(make_settings({"redis": {"toggle_refresh_seconds": 3600}}),
+                     redis_client=counting)
+    client = app.test_client()
+    first = webhook("email", "opened")
+    post(client, first)  # loads the toggles and the script once per process
+    later = {
+        "queued": webhook("email", "opened", delivery_id="another-delivery"),
+        "duplicate": first,
+        "suppressed": webhook("email", "opened"),  # the same delivery, a new event_id
+    }[repeat]
+
+    before = _CountingConnection.sends
+    response = post(client, later)
+
+    assert response.get_json()["status"] == repeat
+    assert _CountingConnection.sends - before == 1
