@@ -116,7 +116,12 @@ def connect_timeout(socket_timeout: float) -> float:
 def init_services(app: Flask, settings: Settings, redis_client: Any | None = None) -> Services:
     """Create the services for this app (tests may pass their own Redis client)."""
     client = redis_client if redis_client is not None else build_redis(settings)
-    keys = KeySpace(settings.redis["key_prefix"], settings.relay["queue_shards"])
+    keys = KeySpace(
+        settings.redis["key_prefix"],
+        settings.relay["queue_shards"],
+        event_ttl_seconds=settings.dedup["event_ttl_seconds"],
+        first_occurrence_ttl_seconds=settings.dedup["first_occurrence_ttl_seconds"],
+    )
     services = Services(
         settings=settings,
         redis=client,
@@ -124,8 +129,6 @@ def init_services(app: Flask, settings: Settings, redis_client: Any | None = Non
         event_store=EventStore(
             client,
             keys,
-            event_ttl_seconds=settings.dedup["event_ttl_seconds"],
-            first_occurrence_ttl_seconds=settings.dedup["first_occurrence_ttl_seconds"],
             first_occurrence_only=settings.dedup["first_occurrence_only"],
             dead_letter_max_entries=settings.relay["dead_letter_max_entries"],
         ),

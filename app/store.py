@@ -13,20 +13,34 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from app import queue_entry
-from app.keys import KeySpace
+from app import marks, queue_entry
+from app.keys import Buckets, KeySpace, first_field
 
-ACCEPT_SCRIPT = resources.files("app").joinpath("accept_event.lua").read_text()
+ACCEPT_SCRIPT = marks.LUA_FUNCTIONS + resources.files("app").joinpath(
+    "accept_event.lua").read_text()
 
 # The story of an event that is not queued (ignored, quarantined): written only when
-# the event has no mark yet, so a later copy never rewrites what happened to the first.
-_NOTE_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'n', 1)
-  return 0
+# the event has no mark yet, so a later copy never rewrites what happened to the first;
+# a copy after the first is counted. KEYS: the event's mark buckets, oldest first (see
+# accept_event.lua); ARGV: event_id, oldest generation, span, event_ttl, packed story.
+_NOTE_SCRIPT = marks.LUA_FUNCTIONS + """
+local event_id = ARGV[1]
+for i = 1, #KEYS do
+  local story = redis.call('HGET', KEYS[i], event_id)
+  if story then
+    redis.call('HSET', KEYS[i], event_id, with_one_more_copy(story))
+    return 0
+  end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+local span = tonumber(ARGV[3])
+local generation = math.floor(tonumber(redis.call('TIME')[1]) / span)
+local bucket = KEYS[generation - tonumber(ARGV[2]) + 1]
+if not bucket then
+  return redis.error_reply('ERR this process and Redis disagree on the time by more than '
+                           .. 'a generation of marks: check their clocks')
+end
+redis.call('HSET', bucket, event_id, ARGV[5])
+redis.call('EXPIREAT', bucket, (generation + 1) * span + tonumber(ARGV[4]))
 return 1
 """
 
@@ -52,23 +66,23 @@ class IncomingEvent:
 
 
 class EventStore:
-    """Accepts events into Redis and quarantines unusable payloads."""
+    """Accepts events into Redis and quarantines unusable payloads.
+
+    The dedup windows (``event_ttl_seconds``, ``first_occurrence_ttl_seconds``) are the
+    key space's: they shape the bucket layout.
+    """
 
     def __init__(
         self,
         redis: Any,
         keys: KeySpace,
         *,
-        event_ttl_seconds: int,
-        first_occurrence_ttl_seconds: int,
         first_occurrence_only: bool,
         dead_letter_max_entries: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._event_ttl = event_ttl_seconds
-        self._first_ttl = first_occurrence_ttl_seconds
         self._first_only = first_occurrence_only
         self._dead_letter_cap = dead_letter_max_entries
         self._clock = clock
@@ -77,26 +91,37 @@ class EventStore:
 
     def accept(self, event: IncomingEvent) -> Outcome:
         """Queue the event unless it is a duplicate or not the first of its kind."""
-        shard = self._keys.shard_for(event.routing_key)
+        keys = self._keys
+        shard = keys.shard_for(event.routing_key)
         delivery = event.delivery_id or ""
         check_first = self._first_only and bool(delivery)
         ((body_field, body),) = queue_entry.pack(event.body).items()
+        now = self._clock()
+        mark_buckets = keys.mark_buckets(shard, event.event_id, now)
+        marks_span = keys.mark_generations
+        # A suppressed event's story names its delivery, and a retried one is answered
+        # with the flag that suppressed it: the flags are passed whenever there is one.
+        first_buckets = (keys.first_buckets(shard, delivery, now) if delivery
+                         else Buckets(0, []))
+        firsts_span = keys.first_generations
         status, detail = self._accept(
-            keys=[
-                self._keys.event(shard, event.event_id),
-                self._keys.first(shard, delivery),
-                self._keys.queue(shard),
-            ],
+            keys=[keys.queue(shard), *mark_buckets.keys, *first_buckets.keys],
             args=[
                 event.event_id,
-                event.event_type,
+                marks.escape(event.event_type),
                 body_field,
                 body,
-                int(self._clock() * 1000),
-                self._event_ttl,
-                self._first_ttl,
+                int(now * 1000),
+                len(mark_buckets.keys),
+                mark_buckets.oldest,
+                marks_span.span_seconds,
+                marks_span.ttl_seconds,
+                first_buckets.oldest,
+                firsts_span.span_seconds,
+                firsts_span.ttl_seconds,
                 "1" if check_first else "0",
-                delivery,
+                first_field(delivery, event.event_type),
+                marks.escape(delivery),
             ],
         )
         return Outcome(_text(status), _text(detail))
@@ -106,11 +131,9 @@ class EventStore:
 
         Under the same shard as an accepted copy, so a later copy replaces this story.
         """
-        self._note(
-            keys=[self._keys.event(self._keys.shard_for(routing_key), event_id)],
-            args=[self._event_ttl, "s", "ignored", "t", event_type, "why", reason,
-                  "r", int(self._clock() * 1000)],
-        )
+        now = self._clock()
+        self._remember(self._keys.shard_for(routing_key), event_id, now,
+                       marks.ignored(event_type, int(now * 1000), reason))
 
     def quarantine(
         self, body: bytes, reason: str, details: dict[str, Any], event_id: str | None = None
@@ -119,23 +142,28 @@ class EventStore:
 
         When the payload names an event_id, its story says where the payload went.
         """
+        now = self._clock()
         entry = {
             "kind": "quarantined",
             "reason": reason,
             "details": json.dumps(details, sort_keys=True),
             "body": body.decode("utf-8", "replace"),
-            "at_ms": int(self._clock() * 1000),
+            "at_ms": int(now * 1000),
         }
         entry_id = _text(self._redis.xadd(
             self._keys.dead_letters, entry, maxlen=self._dead_letter_cap, approximate=True
         ))
         if event_id:
-            self._note(
-                keys=[self._keys.event(self._keys.shard_for(event_id), event_id)],
-                args=[self._event_ttl, "s", "quarantined", "why", reason, "dl", entry_id,
-                      "r", entry["at_ms"]],
-            )
+            self._remember(self._keys.shard_for(event_id), event_id, now,
+                           marks.quarantined(entry["at_ms"], entry_id, reason))
         return entry_id
+
+    def _remember(self, shard: int, event_id: str, now: float, story: str) -> None:
+        """Write the story of a copy that was not queued, unless the event has a mark."""
+        buckets = self._keys.mark_buckets(shard, event_id, now)
+        generations = self._keys.mark_generations
+        self._note(keys=buckets.keys, args=[event_id, buckets.oldest, generations.span_seconds,
+                                            generations.ttl_seconds, story])
 
 
 def _text(value: Any) -> str:

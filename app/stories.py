@@ -8,28 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from app import queue_entry
-from app.keys import CONSUMER_GROUP, KeySpace
-
-# Short field names keep each event's story small in Redis; these are the long ones.
-STORY_FIELDS = {
-    "s": "status",
-    "t": "event",
-    "r": "received_at_ms",
-    "q": "queue_entry",
-    "d": "delivery_id",
-    "by": "suppressed_by",
-    "at": "status_at_ms",
-    "rid": "source_request_id",
-    "st": "mparticle_status",
-    "why": "reason",
-    "n": "copies_received_after_first",
-    "dl": "dead_letter_id",
-    "a": "attempts",
-}
-
+from app import catalog, marks, queue_entry
+from app.keys import CONSUMER_GROUP, KeySpace, first_field
 
 # Stories of copies that were answered but not accepted; a later copy may still be.
 _NOT_ACCEPTED = frozenset({"ignored", "quarantined"})
@@ -37,37 +20,38 @@ _NOT_ACCEPTED = frozenset({"ignored", "quarantined"})
 
 def find_event(redis: Any, keys: KeySpace, event_id: str) -> dict[str, Any] | None:
     """Everything the relay remembers of one Customer.io event, or None if unseen."""
+    now = time.time()
+    looked_in = [(shard, bucket) for shard in range(keys.shards)
+                 for bucket in keys.mark_buckets(shard, event_id, now).keys]
     pipe = redis.pipeline(transaction=False)
-    for shard in range(keys.shards):
-        pipe.hgetall(keys.event(shard, event_id))
-        pipe.ttl(keys.event(shard, event_id))
+    for _, bucket in looked_in:
+        pipe.hget(bucket, event_id)
+        pipe.ttl(bucket)
     replies = pipe.execute()
-    found = [(shard, replies[2 * shard], replies[2 * shard + 1])
-             for shard in range(keys.shards) if replies[2 * shard]]
+    found = [(shard, marks.unpack(replies[2 * i]), replies[2 * i + 1])
+             for i, (shard, _) in enumerate(looked_in) if replies[2 * i] is not None]
     if not found:
         return None
     # A payload quarantined before its person was known left its story on another shard
     # than a later, accepted copy: the accepted copy's story is the one that matters.
-    found.sort(key=lambda item: item[1].get("s") in _NOT_ACCEPTED)
-    shard, story, ttl = found[0]
-    return _story(redis, keys, shard, event_id, story, ttl)
+    found.sort(key=lambda item: item[1]["status"] in _NOT_ACCEPTED)
+    shard, told, ttl = found[0]
+    return _story(redis, keys, shard, event_id, told, ttl)
 
 
 def _story(
-    redis: Any, keys: KeySpace, shard: int, event_id: str, raw: dict[str, str], ttl: int
+    redis: Any, keys: KeySpace, shard: int, event_id: str, told: dict[str, Any], ttl: int
 ) -> dict[str, Any]:
-    story: dict[str, Any] = {"event_id": event_id, "seen": True, "ttl_seconds": ttl}
-    story.update({STORY_FIELDS.get(name, name): value for name, value in raw.items()})
-    if "received_at_ms" not in story and story.get("queue_entry"):
-        # A queued event's receipt time is not stored twice: its stream id starts with it.
-        story["received_at_ms"] = story["queue_entry"].split("-", 1)[0]
-    if story.get("status") == "relayed":
+    # The TTL is the mark's bucket's: at least what is left of the event's dedup window.
+    story: dict[str, Any] = {"event_id": event_id, "seen": True, "ttl_seconds": ttl, **told}
+    status = story["status"]
+    if status == "relayed":
         story.setdefault("attempts", 1)  # counted only past the first
-    for name in ("received_at_ms", "status_at_ms", "mparticle_status",
-                 "copies_received_after_first", "attempts"):
-        if name in story:
-            story[name] = int(story[name])
-    status = story.get("status")
+    if status == "suppressed" and story.get("delivery_id") and story.get("event"):
+        # Not kept twice: the delivery's flag for the type names the first event.
+        for _, flags in _flags(redis, keys, [shard], story["delivery_id"], [story["event"]]):
+            if story["event"] in flags:
+                story["suppressed_by"] = flags[story["event"]]
     if status == "queued":
         story["where"] = _queue_position(redis, keys, shard, story)
     else:
@@ -115,25 +99,48 @@ def _delivery_of(fields: dict[str, str]) -> str | None:
 
 def first_flags(redis: Any, keys: KeySpace, delivery_id: str) -> dict[str, Any]:
     """The first-occurrence flags set for a delivery: event type -> first event_id."""
-    pipe = redis.pipeline(transaction=False)
-    for shard in range(keys.shards):
-        pipe.hgetall(keys.first(shard, delivery_id))
-        pipe.ttl(keys.first(shard, delivery_id))
-    replies = pipe.execute()
+    found = _flags(redis, keys, range(keys.shards), delivery_id, list(catalog.CATALOG))
     flags: dict[str, str] = {}
     ttl = -2
-    for shard in range(keys.shards):
-        if replies[2 * shard]:
-            flags.update(replies[2 * shard])
-            ttl = max(ttl, replies[2 * shard + 1])
+    for ttl_left, in_bucket in found:
+        if in_bucket:
+            flags.update(in_bucket)
+            ttl = max(ttl, ttl_left)
     return {"delivery_id": delivery_id, "flags": flags, "ttl_seconds": ttl if flags else None}
+
+
+def _flags(
+    redis: Any, keys: KeySpace, shards: Iterable[int], delivery_id: str, event_types: list[str]
+) -> list[tuple[int, dict[str, str]]]:
+    """(TTL, type -> first event_id) of each bucket that may hold the delivery's flags.
+
+    Newest generation last, so a flag written again (after a ``dedup forget``) wins.
+    """
+    now = time.time()
+    fields = [first_field(delivery_id, event_type) for event_type in event_types]
+    pipe = redis.pipeline(transaction=False)
+    looked_in = 0
+    for shard in shards:
+        for bucket in keys.first_buckets(shard, delivery_id, now).keys:
+            pipe.hmget(bucket, fields)
+            pipe.ttl(bucket)
+            looked_in += 1
+    replies = pipe.execute()
+    found = []
+    for i in range(looked_in):
+        values, ttl = replies[2 * i], replies[2 * i + 1]
+        found.append((ttl, {event_type: value for event_type, value in zip(
+            event_types, values, strict=True) if value is not None}))
+    return found
 
 
 def forget_event(redis: Any, keys: KeySpace, event_id: str) -> bool:
     """Drop an event's dedup mark so a resent copy is accepted again."""
+    now = time.time()
     pipe = redis.pipeline(transaction=False)
     for shard in range(keys.shards):
-        pipe.delete(keys.event(shard, event_id))
+        for bucket in keys.mark_buckets(shard, event_id, now).keys:
+            pipe.hdel(bucket, event_id)
     return any(pipe.execute())
 
 

@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app import catalog, mapping, queue_entry, relay_state
+from app import catalog, mapping, marks, queue_entry, relay_state
 from app.batching import (
     BulkRequest,
     QueuedEvent,
@@ -61,26 +61,38 @@ from app.webhooks.schemas import load_webhook
 
 logger = logging.getLogger(__name__)
 
-# Sets a field on an event's story only while the story exists, so a relayed event
-# whose mark has expired (or was forgotten) does not leave a key without a TTL behind.
-_UPDATE_STORY = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], unpack(ARGV))
-end
-return 0
-"""
-
-# The stories of the events of one request that were relayed, all in one queue shard (one
-# Cluster slot): KEYS are their marks; ARGV: time (ms), mParticle's status, attempts ("" for
-# the first), then each mark's source_request_id. Like _UPDATE_STORY, only marks that exist.
-_MARK_RELAYED = """
-for i, mark in ipairs(KEYS) do
-  if redis.call('EXISTS', mark) == 1 then
-    redis.call('HSET', mark, 's', 'relayed', 'at', ARGV[1], 'rid', ARGV[3 + i], 'st', ARGV[2])
-    if ARGV[3] ~= '' then
-      redis.call('HSET', mark, 'a', ARGV[3])
+# Tells the story of events the worker is done with (relayed, or dead-lettered), all of
+# one queue shard (one Cluster slot). Only marks that exist are rewritten, where they
+# are, so a relayed event whose mark has expired (or was forgotten) leaves nothing
+# behind, and the idempotency window is not restarted. The copies counted, the type and
+# the queue entry (hence the time received) stay as the mark had them.
+# KEYS  per event, the buckets that may hold its mark, newest first
+# ARGV  now (ms), the new status letter ("r" or "d"), then per event: event_id, how many
+#       of KEYS are its buckets, its type and queue entry as a story keeps them (for a
+#       mark that has neither, e.g. a quarantined copy's), the end of its story.
+_TELL_STORIES = marks.LUA_FUNCTIONS + """
+local now_ms, status = tonumber(ARGV[1]), ARGV[2]
+local key = 1
+for a = 3, #ARGV, 5 do
+  local event_id, count = ARGV[a], tonumber(ARGV[a + 1])
+  for i = key, key + count - 1 do
+    local story = redis.call('HGET', KEYS[i], event_id)
+    if story then
+      local code, copies = string.match(story, '^(%a)(%d*)')
+      local event_type, entry = ARGV[a + 2], ARGV[a + 3]
+      if code == 'q' or code == 'r' or code == 'd' then
+        event_type, entry = string.match(story, '^%a%d*|([^|]*)|([^|]*)')
+      end
+      if code == 'q' then
+        entry = packed_entry(entry)
+      end
+      local received = tonumber(string.match(entry, '^[^-]+'), 36)
+      redis.call('HSET', KEYS[i], event_id, status .. copies .. '|' .. event_type .. '|'
+                 .. entry .. '|' .. base36(now_ms - received) .. '|' .. ARGV[a + 4])
+      break
     end
   end
+  key = key + count
 end
 return 0
 """
@@ -152,8 +164,7 @@ class RelayWorker:
         self.consumer = consumer or consumer_name()
         self._clock = clock
         self._stopping = threading.Event()
-        self._update_story = redis.register_script(_UPDATE_STORY)
-        self._mark_relayed = redis.register_script(_MARK_RELAYED)
+        self._tell_stories = redis.register_script(_TELL_STORIES)
         self._auth_blocked_until: float | None = None
         self._next_claim_at = 0.0
         self._event_style = settings.mparticle["event_names"]
@@ -616,15 +627,12 @@ class RelayWorker:
         for queue, entry_ids in _entries_by_queue(request.events).items():
             pipe.xack(queue, CONSUMER_GROUP, *entry_ids)
             pipe.xdel(queue, *entry_ids)
-        marks_by_shard: dict[int, tuple[list[str], list[str]]] = {}
+        stories = _StoriesByShard(self._keys, now_ms, "r")
         for batch in request.batches:
+            ending = marks.relayed_ending(result.status, batch.source_request_id, attempt)
             for event in batch.events:
-                marks, request_ids = marks_by_shard.setdefault(event.shard, ([], []))
-                marks.append(self._keys.event(event.shard, event.event_id))
-                request_ids.append(batch.source_request_id)
-        for marks, request_ids in marks_by_shard.values():  # one call per shard (slot)
-            _queue_script(pipe, self._mark_relayed, marks,
-                          [now_ms, result.status, attempt if attempt > 1 else "", *request_ids])
+                stories.add(event, ending)
+        stories.queue_on(pipe, self._tell_stories)
         relay_state.record_delivery(
             pipe, self._keys, status=result.status, events=len(request.events),
             rate_limit_percent=result.rate_limit_percent_used, now=now_ms / 1000,
@@ -662,18 +670,50 @@ class RelayWorker:
             )
         pipe.execute()
         pipe = self._redis.pipeline(transaction=False)
+        stories = _StoriesByShard(self._keys, now_ms, "d")
+        reason = marks.packed_reason(letter.reason)
         for event in events:
             pipe.xack(event.queue, CONSUMER_GROUP, event.entry_id)
             pipe.xdel(event.queue, event.entry_id)
             if event.event_id:
-                _queue_script(
-                    pipe, self._update_story, [self._keys.event(event.shard, event.event_id)],
-                    ["s", "dead_lettered", "at", now_ms, "why", letter.reason],
-                )
+                stories.add(event, reason)
+        stories.queue_on(pipe, self._tell_stories)
         pipe.execute()
         self._metrics.dead_lettered.labels(reason=letter.reason).inc(len(events))
         logger.warning("dead-lettered %d events: %s", len(events), letter.reason,
                        extra={"status": letter.status})
+
+
+class _StoriesByShard:
+    """The story updates of one pass, gathered per queue shard: one script call each."""
+
+    def __init__(self, keys: KeySpace, now_ms: int, status: str) -> None:
+        self._keys = keys
+        self._now_ms = now_ms
+        self._status = status
+        self._by_shard: dict[int, tuple[list[str], list[Any]]] = {}
+
+    def add(self, event: QueuedEvent, ending: str) -> None:
+        """Rewrite this event's story, if it has one, to end with ``ending``."""
+        # Its mark was written when its entry was (a replayed dead letter's: earlier), so
+        # the buckets alive then hold it; the newest first, where it nearly always is.
+        received = (event.received_ms or self._now_ms) / 1000
+        buckets = self._keys.mark_buckets(event.shard, event.event_id, received).keys[::-1]
+        keys, args = self._by_shard.setdefault(event.shard, ([], [self._now_ms, self._status]))
+        keys += buckets
+        args += [event.event_id, len(buckets), marks.escape(event.event_type),
+                 _packed_entry(event.entry_id), ending]
+
+    def queue_on(self, pipe: Any, script: Any) -> None:
+        for keys, args in self._by_shard.values():
+            _queue_script(pipe, script, keys, args)
+
+
+def _packed_entry(entry_id: str) -> str:
+    try:
+        return marks.packed_entry(entry_id)
+    except ValueError:  # not a stream id: nothing to tell the time received by
+        return "0-0"
 
 
 def _entries_of(shard: int, reply: Any) -> list[tuple[int, str, dict[str, str]]]:

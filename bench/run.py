@@ -251,9 +251,8 @@ EMAIL_LIFECYCLE = ("sent", "delivered", "opened", "clicked")
 
 def fill_backlog(client: redis.Redis, count: int, run: str, *, per_delivery: int = 1) -> None:
     """Accept ``count`` distinct events, ``per_delivery`` of them (sent, delivered...) each."""
-    store = EventStore(client, KeySpace(), event_ttl_seconds=691200,
-                       first_occurrence_ttl_seconds=7776000, first_occurrence_only=True,
-                       dead_letter_max_entries=1000)
+    keys = KeySpace(event_ttl_seconds=691200, first_occurrence_ttl_seconds=7776000)
+    store = EventStore(client, keys, first_occurrence_only=True, dead_letter_max_entries=1000)
     for n in range(count):
         delivery, step = divmod(n, per_delivery)
         metric = EMAIL_LIFECYCLE[step % len(EMAIL_LIFECYCLE)] if per_delivery > 1 else "opened"

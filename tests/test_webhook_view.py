@@ -15,7 +15,7 @@ from flask import Flask
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app import create_app, queue_entry
+from app import create_app, marks, queue_entry
 from app.services import services
 from tests.support.webhooks import encode, signed_headers, webhook
 
@@ -126,11 +126,12 @@ def test_a_second_open_of_a_delivery_is_answered_200_suppressed(client, app):
 
 
 def only_a_story_was_written(redis: redis_lib.Redis, app: Flask, reason: str) -> None:
-    """Nothing queued: the one key written is the event's story, saying why, with a TTL."""
+    """Nothing queued: the one key written holds the event's story, saying why, with a TTL."""
     assert queue_entries(app) == []
     (key,) = redis.keys("*")
-    assert redis.hget(key, "s") == "ignored"
-    assert redis.hget(key, "why") == reason
+    (story,) = redis.hvals(key)
+    assert marks.unpack(story)["status"] == "ignored"
+    assert marks.unpack(story)["reason"] == reason
     assert redis.ttl(key) > 0
 
 
@@ -221,9 +222,10 @@ def test_a_quarantined_payload_that_names_an_event_id_leaves_a_story_pointing_at
 
     answer = response.get_json()
     assert answer["status"] == "quarantined"
-    (key,) = [key for key in redis.keys("*") if "01QUARANTINED" in key]
-    assert redis.hget(key, "s") == "quarantined"
-    assert redis.hget(key, "dl") == answer["dead_letter_id"]
+    (key,) = [key for key in redis.keys("*:marks:*") if redis.hexists(key, "01QUARANTINED")]
+    story = marks.unpack(redis.hget(key, "01QUARANTINED"))
+    assert story["status"] == "quarantined"
+    assert story["dead_letter_id"] == answer["dead_letter_id"]
     assert redis.ttl(key) > 0
 
 

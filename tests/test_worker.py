@@ -25,7 +25,7 @@ from app.mapping import source_message_id
 from app.mparticle import RATE_LIMIT_HEADER, credential_id
 from app.runner import build_worker
 from app.services import services
-from app.stories import find_event
+from app.stories import find_event, first_flags
 from app.worker import RelayWorker
 from tests.conftest import STANDIN_KEY, STANDIN_SECRET
 from tests.support.mparticle_standin import MParticleStandIn, Reply
@@ -187,6 +187,29 @@ def test_relayed_stories_of_many_people_in_one_request_each_name_their_own_batch
         told = story(app, payload)
         assert told["status"] == "relayed"
         assert told["source_request_id"] == by_person[payload["data"]["customer_id"]]
+
+
+def test_relayed_stories_stay_short_enough_for_their_buckets_to_stay_compact(
+    app, mparticle, redis
+):
+    payloads = [event(f"p{n}", metric) for n in range(40)
+                for metric in ("sent", "delivered", "opened", "clicked")]
+    send(app, *payloads)
+    client = app.test_client()
+    for payload in payloads[:10]:  # copies, counted in the stories
+        body = encode(payload)
+        copy = client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
+        assert copy.get_json()["status"] == "duplicate"
+
+    build_worker(app).run(once=True)
+
+    assert {story(app, p)["status"] for p in payloads} == {"relayed"}
+    buckets = list(redis.scan_iter(match="cior:*:marks:*"))
+    stories = [value for bucket in buckets for value in redis.hvals(bucket)]
+    assert len(stories) == len(payloads)
+    # Redis keeps a hash as a listpack while no value is over 64 bytes.
+    assert max(len(value.encode()) for value in stories) <= 64
+    assert {redis.object("encoding", bucket) for bucket in buckets} == {"listpack"}
 
 
 def test_the_queue_is_empty_and_nothing_pending_once_mparticle_accepts(app, mparticle):
@@ -503,10 +526,8 @@ def test_a_replayed_dead_letter_is_delivered_without_resetting_its_dedup_mark(
     worker.run(once=True)
     relay = services(app)
     (letter,) = list_dead_letters(relay.redis, relay.keys)
-    mark_key = relay.keys.event(relay.keys.shard_for("mallory"), payload["event_id"])
-    mark_before, ttl_before = redis.hgetall(mark_key), redis.ttl(mark_key)
-    first_before = redis.hgetall(relay.keys.first(relay.keys.shard_for("mallory"),
-                                                  payload["data"]["delivery_id"]))
+    story_before = story(app, payload)
+    first_before = first_flags(redis, relay.keys, payload["data"]["delivery_id"])
     mparticle.reject_batches_where(None)
 
     report = replay_dead_letters(relay.redis, relay.keys, [letter["id"]])
@@ -515,13 +536,13 @@ def test_a_replayed_dead_letter_is_delivered_without_resetting_its_dedup_mark(
     assert report.replayed == [letter["id"]]
     assert mparticle.source_message_ids() == message_ids(payload)
     assert list_dead_letters(relay.redis, relay.keys) == []
-    mark_after = redis.hgetall(mark_key)
-    unchanged = ("t", "r", "q", "d")
-    assert {k: mark_after.get(k) for k in unchanged} == {k: mark_before.get(k) for k in unchanged}
-    assert mark_after["q"] == mark_before["q"]  # the mark still points at the original entry
-    assert 0 < redis.ttl(mark_key) <= ttl_before  # the idempotency window was not restarted
-    assert redis.hgetall(relay.keys.first(relay.keys.shard_for("mallory"),
-                                          payload["data"]["delivery_id"])) == first_before
+    story_after = story(app, payload)
+    assert (story_before["status"], story_after["status"]) == ("dead_lettered", "relayed")
+    unchanged = ("event", "received_at_ms", "queue_entry")
+    assert {k: story_after[k] for k in unchanged} == {k: story_before[k] for k in unchanged}
+    # The idempotency window was not restarted (the mark stayed in its bucket).
+    assert 0 < story_after["ttl_seconds"] <= story_before["ttl_seconds"]
+    assert first_flags(redis, relay.keys, payload["data"]["delivery_id"]) == first_before
     client = app.test_client()
     body = encode(payload)
     again = client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
