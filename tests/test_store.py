@@ -584,3 +584,34 @@ def test_an_event_quarantined_once_and_accepted_later_tells_the_accepted_story(
     assert store.accept(event).status == "queued"
 
     assert find_event(redis, keys, event.event_id)["status"] == "queued"
+
+
+def _scenario(client: Any, now: float) -> list[Any]:
+    """Every path of the scripts, told as support would see it (ids and times left out)."""
+    keys = KeySpace("cior", 4)
+    store = EventStore(client, keys, first_occurrence_only=True, dead_letter_max_entries=10,
+                       clock=lambda: now)
+    first, later, other = incoming("e-1"), incoming("e-2"), incoming("e-3", delivery_id=None)
+    told: list[Any] = [store.accept(event).status for event in (first, first, later, later)]
+    told.append(store.accept(other).status)
+    store.note_ignored("e-4", "email_drafted", "42", "event type turned off")
+    store.note_ignored("e-4", "email_drafted", "42", "event type turned off")
+    store.quarantine(b"{}", "not a usable reporting webhook", {}, "e-5")
+    told.append(store.accept(incoming("e-5", delivery_id=None)).status)
+    told.append(forget_event(client, keys, "e-3"))
+    told.append(store.accept(other).status)
+    for event_id in ("e-1", "e-2", "e-3", "e-4", "e-5"):
+        story = find_event(client, keys, event_id)
+        told.append({name: value for name, value in story.items()
+                     if name not in ("ttl_seconds", "received_at_ms", "queue_entry")})
+    told.append(first_flags(client, keys, "delivery-1")["flags"])
+    return told
+
+
+def test_the_embedded_store_tells_every_story_as_redis_does(redis, now):
+    fakeredis = pytest.importorskip("fakeredis")
+
+    embedded = _scenario(fakeredis.FakeRedis(decode_responses=True), now)
+
+    assert embedded == _scenario(redis, now)
+    assert embedded[:5] == ["queued", "duplicate", "suppressed", "suppressed", "queued"]
