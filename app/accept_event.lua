@@ -24,7 +24,8 @@
 -- ARGV     event_id, event type (escaped), body field ("z" packed, "b" plain), body,
 --          received_ms, mark bucket count, oldest mark generation, mark span, event_ttl,
 --          oldest first generation, first span, first_ttl, check_first ("1" or "0"),
---          first-occurrence field, delivery_id (escaped; "" when none)
+--          first-occurrence field, delivery_id (escaped; "" when none), the error for
+--          a caller whose clock is too far from Redis's to have passed its bucket
 local queue = KEYS[1]
 local event_id, event_type, body_field, body = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local last_mark = 1 + tonumber(ARGV[6])
@@ -94,8 +95,7 @@ if check_first then
   first_bucket, first_expiry = present(last_mark + 1, #KEYS, ARGV[10], ARGV[11], ARGV[12])
 end
 if not mark_bucket or (check_first and not first_bucket) then
-  return redis.error_reply('ERR this process and Redis disagree on the time by more than '
-                           .. 'a generation of marks: check their clocks')
+  return redis.error_reply('ERR ' .. ARGV[16])
 end
 
 -- Writes. A bucket's expiry is set with its first field (the same for every field).

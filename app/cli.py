@@ -17,7 +17,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from app import deadletters, stories
+from app import deadletters, stories, upgrade
 from app.config import ConfigError
 from app.mparticle import AuthError, MParticleError
 from app.services import services
@@ -220,6 +220,18 @@ def dedup_forget(event_id: str) -> None:
     if not stories.forget_event(relay.redis, relay.keys, event_id):
         _fail(f"{event_id}: no dedup mark to forget")
     click.echo(f"{event_id}: dedup mark removed")
+
+
+@dedup_group.command("migrate")
+@with_appcontext
+def dedup_migrate() -> None:
+    """Move marks and flags kept in keys of their own (older versions) into buckets."""
+    relay = _relay()
+    report = upgrade.migrate(relay.redis, relay.keys, time.time())
+    click.echo(f"moved {report.marks} marks and {report.flags} first-occurrence flags out of "
+               f"{report.keys} keys into buckets")
+    if report.unreadable:
+        _fail(f"{report.unreadable} marks were not as the relay writes them: left as they are")
 
 
 # -- dead letters ----------------------------------------------------------------------

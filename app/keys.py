@@ -54,17 +54,18 @@ MARK_BUCKETS = 2048
 FIRST_BUCKETS = 4096
 
 # How long a generation of buckets is: half the default TTL (8 days for marks, 90 for
-# flags), so a lookup reads 3 buckets that may hold the field (4 for the first
-# CLOCK_SKEW_SECONDS of a generation) and the next one, and a field outlives its TTL by
-# up to half of it (a quarter on average). Fixed, not derived from the TTL settings, so
-# that changing a TTL forgets nothing: lookups then pass more or fewer generations.
+# flags), so a lookup reads the 3 buckets that may hold the field (4 within
+# CLOCK_SKEW_SECONDS of a change of generation), and a field outlives its TTL by up to
+# half of it (a quarter on average). Fixed, not derived from the TTL settings, so that
+# changing a TTL forgets nothing: lookups then pass more or fewer generations.
 MARK_GENERATION_SECONDS = 4 * 24 * 3600
 FIRST_GENERATION_SECONDS = 45 * 24 * 3600
 
-# How far a web process's clock may be ahead of Redis's and still find every live mark
-# (Redis's own clock decides a field's generation and its bucket's expiry). A web off
-# by more than the webhook's timestamp tolerance (300 s by default) refuses every
-# signed webhook anyway.
+# How far a web process's clock may be from Redis's (Redis's own clock decides a field's
+# generation and its bucket's expiry): it then still reads every bucket that may hold a
+# mark, and writes. Past that, near a change of generation, it is refused (503) rather
+# than write where the others would not look. A web off by more than the webhook's
+# timestamp tolerance (300 s by default) refuses every signed webhook anyway.
 CLOCK_SKEW_SECONDS = 300
 
 
@@ -74,9 +75,9 @@ class Generations:
 
     The bucket of generation ``g`` expires at ``(g + 1) * span + ttl``: a field written
     at time ``t`` in it lives at least ``ttl`` and less than ``ttl + span``. A lookup
-    passes every generation that may still be alive (ttl / span + 1; one more for the
-    first CLOCK_SKEW_SECONDS of each generation) and the next one, for a Redis whose
-    clock is ahead of this process's.
+    passes every generation that may be alive by a Redis clock up to CLOCK_SKEW_SECONDS
+    from this process's: ttl / span + 1 of them, one more within CLOCK_SKEW_SECONDS of a
+    change of generation.
     """
 
     ttl_seconds: int
@@ -91,10 +92,14 @@ class Generations:
         return (generation + 1) * self.span_seconds + self.ttl_seconds
 
     def live(self, now: float) -> range:
-        """Every generation whose buckets may be alive at ``now``, oldest first."""
+        """Every generation whose buckets may be alive at ``now``, oldest first.
+
+        Redis's time, which decides, is taken to be within CLOCK_SKEW_SECONDS of ``now``.
+        """
         margin = min(CLOCK_SKEW_SECONDS, self.span_seconds)
-        # A bucket of generation g is alive while (g + 1) * span + ttl > Redis's time.
-        return range(self.of(now - self.ttl_seconds - margin), self.of(now) + 2)
+        # A bucket of generation g is alive while (g + 1) * span + ttl > Redis's time, and
+        # none is written after Redis's present generation.
+        return range(self.of(now - self.ttl_seconds - margin), self.of(now + margin) + 1)
 
 
 def first_field(delivery_id: str, event_type: str) -> str:

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from app import marks, queue_entry
 from app.keys import Buckets, KeySpace, first_field
+
+# How the scripts refuse to write when this process's clock is too far from Redis's:
+# the bucket Redis's clock picks is not among those this process passed.
+_CLOCK_SKEW = "this process and Redis disagree on the time"
 
 ACCEPT_SCRIPT = marks.LUA_FUNCTIONS + resources.files("app").joinpath(
     "accept_event.lua").read_text()
@@ -22,7 +28,8 @@ ACCEPT_SCRIPT = marks.LUA_FUNCTIONS + resources.files("app").joinpath(
 # The story of an event that is not queued (ignored, quarantined): written only when
 # the event has no mark yet, so a later copy never rewrites what happened to the first;
 # a copy after the first is counted. KEYS: the event's mark buckets, oldest first (see
-# accept_event.lua); ARGV: event_id, oldest generation, span, event_ttl, packed story.
+# accept_event.lua); ARGV: event_id, oldest generation, span, event_ttl, packed story,
+# the error for a clock a generation away from Redis's.
 _NOTE_SCRIPT = marks.LUA_FUNCTIONS + """
 local event_id = ARGV[1]
 for i = 1, #KEYS do
@@ -36,13 +43,16 @@ local span = tonumber(ARGV[3])
 local generation = math.floor(tonumber(redis.call('TIME')[1]) / span)
 local bucket = KEYS[generation - tonumber(ARGV[2]) + 1]
 if not bucket then
-  return redis.error_reply('ERR this process and Redis disagree on the time by more than '
-                           .. 'a generation of marks: check their clocks')
+  return redis.error_reply('ERR ' .. ARGV[6])
 end
 redis.call('HSET', bucket, event_id, ARGV[5])
 redis.call('EXPIREAT', bucket, (generation + 1) * span + tonumber(ARGV[4]))
 return 1
 """
+
+
+class ClockSkewError(Exception):
+    """This process's clock is too far from Redis's to name the bucket Redis writes to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,8 @@ class EventStore:
         first_buckets = (keys.first_buckets(shard, delivery, now) if delivery
                          else Buckets(0, []))
         firsts_span = keys.first_generations
-        status, detail = self._accept(
+        status, detail = self._call(
+            self._accept,
             keys=[keys.queue(shard), *mark_buckets.keys, *first_buckets.keys],
             args=[
                 event.event_id,
@@ -122,6 +133,7 @@ class EventStore:
                 "1" if check_first else "0",
                 first_field(delivery, event.event_type),
                 marks.escape(delivery),
+                _CLOCK_SKEW,
             ],
         )
         return Outcome(_text(status), _text(detail))
@@ -162,8 +174,19 @@ class EventStore:
         """Write the story of a copy that was not queued, unless the event has a mark."""
         buckets = self._keys.mark_buckets(shard, event_id, now)
         generations = self._keys.mark_generations
-        self._note(keys=buckets.keys, args=[event_id, buckets.oldest, generations.span_seconds,
-                                            generations.ttl_seconds, story])
+        self._call(self._note, keys=buckets.keys, args=[
+            event_id, buckets.oldest, generations.span_seconds, generations.ttl_seconds, story,
+            _CLOCK_SKEW,
+        ])
+
+    @staticmethod
+    def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except ResponseError as exc:
+            if _CLOCK_SKEW in str(exc):
+                raise ClockSkewError(str(exc)) from exc
+            raise
 
 
 def _text(value: Any) -> str:

@@ -15,7 +15,7 @@
    rounds, timed from mParticle's first answer (not the process's start).
 3. Memory: Redis bytes per accepted event from INFO memory over many events: while
    queued (mark + first-occurrence flag + queue entry) and once relayed (mark with its
-   story + flag, the part kept for the 8-day dedup window).
+   story + flag, the part the dedup windows keep: 8-12 days, 90-135 for the flag).
 
 Needs wrk (Debian package) and a Redis (REDIS_URL or BENCH_REDIS_URL; default
 redis://127.0.0.1:6379/14, flushed).
@@ -383,7 +383,7 @@ def main() -> None:
                 memory = bench_memory(work, args.memory_events, per_delivery)
                 print(f"Redis bytes per accepted event, {args.memory_events} events, {label}: "
                       f"{memory['queued']:.0f} while queued, {memory['at_rest']:.0f} once "
-                      f"relayed (mark with its story + first-occurrence flag, kept 8 days)")
+                      f"relayed (mark with its story + first-occurrence flag)")
 
 
 def print_ingest(args: argparse.Namespace, ingest: dict[str, Any]) -> None:
