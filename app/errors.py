@@ -11,8 +11,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from app.store import ClockSkewError
-
 logger = logging.getLogger(__name__)
 
 CONSOLE_PATH = "/admin/console/"
@@ -54,15 +52,6 @@ def register_error_handlers(app: Flask) -> None:
         return json_response(
             {"error": "service unavailable", "details": "the queue (Redis) cannot be reached; "
              "retry later"}, 503
-        )
-
-    @app.errorhandler(ClockSkewError)
-    def clocks_apart(exc: ClockSkewError) -> Response:
-        # Nothing was written; Customer.io retries a 503, and the clocks need fixing.
-        logger.error("refused to write a dedup mark: %s; check the clocks (NTP)", exc)
-        return json_response(
-            {"error": "service unavailable", "details": "this server's clock and the queue's "
-             "(Redis) are too far apart; retry later"}, 503
         )
 
     @app.errorhandler(Exception)

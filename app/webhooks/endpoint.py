@@ -25,7 +25,7 @@ from werkzeug.wsgi import get_content_length
 from app import catalog, mapping
 from app.logs import request_id_from
 from app.services import Services
-from app.store import IncomingEvent
+from app.store import ClockSkewError, IncomingEvent
 from app.webhooks.schemas import load_webhook, usable_event_id
 from app.webhooks.signature import SignatureError, verify_signature
 
@@ -87,6 +87,14 @@ class WebhookEndpoint:
             answer = refusal
         except (RedisConnectionError, RedisTimeoutError) as exc:
             answer = self._redis_unavailable(exc)
+        except ClockSkewError as exc:
+            # Nothing was written; Customer.io retries a 503, and the clocks need fixing.
+            logger.error("refused to write a dedup mark: %s; check the clocks (NTP)", exc)
+            answer = Answer(
+                503, {"error": "service unavailable", "details": "this server's clock and "
+                      "the queue's (Redis) are too far apart; retry later"},
+                {"outcome": "refused", "reason": "clock_skew"},
+            )
         except Exception:
             logger.exception("unexpected error")
             answer = Answer(500, {"error": "internal error", "details": None},
