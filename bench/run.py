@@ -17,8 +17,9 @@
    queued (mark + first-occurrence flag + queue entry) and once relayed (mark with its
    story + flag, the part the dedup windows keep: 8-12 days, 90-135 for the flag).
 
-Needs wrk (Debian package) and a Redis (REDIS_URL or BENCH_REDIS_URL; default
-redis://127.0.0.1:6379/14, flushed).
+Needs wrk (Debian package), redis-server (ingest and memory run on a private one, so
+that nothing else moves its INFO figures) and a Redis for the relay part
+(BENCH_REDIS_URL; default redis://127.0.0.1:6379/14, flushed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -297,13 +300,9 @@ def drain_with_worker(redis_url: str, work: Path, count: int, sections: str, run
     return (count - already) / elapsed
 
 
-def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
-    """Bytes per event while queued, and at rest once relayed (what 8 days of marks cost).
-
-    Measured on a private redis-server, so nothing else moves INFO memory. The drain
-    runs the real RelayWorker in this process with the dry-run client, so each mark
-    carries the story a relayed event really has (status, time, source_request_id).
-    """
+@contextmanager
+def private_redis(work: Path) -> Iterator[str]:
+    """A redis-server of the bench's own, so nothing else moves its INFO figures."""
     port = free_port()
     server = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -311,7 +310,7 @@ def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     redis_url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url)
     try:
         for _ in range(100):
             try:
@@ -319,6 +318,21 @@ def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
+        yield redis_url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
+    """Bytes per event while queued, and at rest once relayed (what 8 days of marks cost).
+
+    Measured on a private redis-server, so nothing else moves INFO memory. The drain
+    runs the real RelayWorker in this process with the dry-run client, so each mark
+    carries the story a relayed event really has (status, time, source_request_id).
+    """
+    with private_redis(work) as redis_url:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
         before = int(client.info("memory")["used_memory"])
         fill_backlog(client, count, "mem", per_delivery=per_delivery)
         queued = int(client.info("memory")["used_memory"])
@@ -333,9 +347,6 @@ def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
             pass
         left = sum(client.xlen(queue) for queue in KeySpace().queues())
         at_rest = int(client.info("memory")["used_memory"])
-    finally:
-        server.terminate()
-        server.wait(10)
     if left:
         raise RuntimeError(f"{left} events were not drained")
     return {"queued": (queued - before) / count, "at_rest": (at_rest - before) / count}
@@ -359,7 +370,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cio-relay-bench-") as tmp:
         work = Path(tmp)
         if args.only in (None, "ingest"):
-            print_ingest(args, bench_ingest(args, redis_url, work))
+            with private_redis(work) as ingest_redis_url:
+                print_ingest(args, bench_ingest(args, ingest_redis_url, work))
         if args.only in (None, "relay"):
             # In turns, like the ingest rounds, so a busy moment slows both alike.
             bulk_rates, single_rates = [], []
