@@ -101,6 +101,9 @@ end
 -- "mwxo3cvv-0".
 local function packed_entry(entry_id)
   local ms, sequence = string.match(entry_id, '^(%d+)-(%d+)$')
+  if not ms then
+    return '0-0'  -- not a stream id: nothing to tell the time received by
+  end
   return base36(tonumber(ms)) .. '-' .. sequence
 end
 
@@ -157,7 +160,8 @@ def quarantined(received_ms: int, dead_letter_id: str, reason: str) -> str:
 
 def relayed_ending(mparticle_status: int, source_request_id: str, attempts: int) -> str:
     """What a relayed story says after its time: answer, batch, attempts past the first."""
-    packed_id = base64.urlsafe_b64encode(uuid.UUID(source_request_id).bytes).decode()
+    packed_id = base64.urlsafe_b64encode(bytes.fromhex(source_request_id.replace("-", "")))
+    packed_id = packed_id.decode()
     answer = "" if mparticle_status == _USUAL_ANSWER else str(mparticle_status)
     ending = f"{answer}|{packed_id.rstrip('=')}"
     return f"{ending}|{attempts}" if attempts > 1 else ending

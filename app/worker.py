@@ -68,8 +68,8 @@ logger = logging.getLogger(__name__)
 # the queue entry (hence the time received) stay as the mark had them.
 # KEYS  per event, the buckets that may hold its mark, newest first
 # ARGV  now (ms), the new status letter ("r" or "d"), then per event: event_id, how many
-#       of KEYS are its buckets, its type and queue entry as a story keeps them (for a
-#       mark that has neither, e.g. a quarantined copy's), the end of its story.
+#       of KEYS are its buckets, its type and queue entry id (for a mark that has neither,
+#       e.g. a quarantined copy's), the end of its story.
 _TELL_STORIES = marks.LUA_FUNCTIONS + """
 local now_ms, status = tonumber(ARGV[1]), ARGV[2]
 local key = 1
@@ -80,10 +80,12 @@ for a = 3, #ARGV, 5 do
     if story then
       local code, copies = string.match(story, '^(%a)(%d*)')
       local event_type, entry = ARGV[a + 2], ARGV[a + 3]
-      if code == 'q' or code == 'r' or code == 'd' then
+      if code == 'r' or code == 'd' then
         event_type, entry = string.match(story, '^%a%d*|([^|]*)|([^|]*)')
-      end
-      if code == 'q' then
+      else
+        if code == 'q' then
+          event_type, entry = string.match(story, '^%a%d*|([^|]*)|([^|]*)')
+        end
         entry = packed_entry(entry)
       end
       local received = tonumber(string.match(entry, '^[^-]+'), 36)
@@ -702,18 +704,11 @@ class _StoriesByShard:
         keys, args = self._by_shard.setdefault(event.shard, ([], [self._now_ms, self._status]))
         keys += buckets
         args += [event.event_id, len(buckets), marks.escape(event.event_type),
-                 _packed_entry(event.entry_id), ending]
+                 event.entry_id, ending]
 
     def queue_on(self, pipe: Any, script: Any) -> None:
         for keys, args in self._by_shard.values():
             _queue_script(pipe, script, keys, args)
-
-
-def _packed_entry(entry_id: str) -> str:
-    try:
-        return marks.packed_entry(entry_id)
-    except ValueError:  # not a stream id: nothing to tell the time received by
-        return "0-0"
 
 
 def _entries_of(shard: int, reply: Any) -> list[tuple[int, str, dict[str, str]]]:
