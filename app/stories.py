@@ -1,7 +1,8 @@
 """The read side for support: where is event X, what did delivery Y see, dead letters.
 
 Everything here is off the hot path; an event_id is looked up in every queue shard
-because the shard depends on the person, which the caller may not know.
+because the shard depends on the person, which the caller may not know, and in every
+generation of buckets that may still hold its mark (``app/keys.py``).
 """
 
 from __future__ import annotations
