@@ -10,8 +10,8 @@
 --
 -- Marks and flags are fields of bucket hashes, one bucket per generation (app/keys.py).
 -- The caller passes every bucket that may hold this event's mark or its delivery's
--- flag by its own clock (missing and expired ones cost next to nothing to read);
--- Redis's clock picks the one written to, the present generation's, so a bucket's
+-- flag by its own clock (a missing one costs next to nothing to read); Redis's clock
+-- picks the one written to, the present generation's, so a bucket's
 -- expiry, the end of its generation + the TTL, holds for every field in it whichever
 -- web process wrote it. A bucket gets that expiry when its first field is written.
 --
