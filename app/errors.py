@@ -15,6 +15,13 @@ logger = logging.getLogger(__name__)
 
 CONSOLE_PATH = "/admin/console/"
 
+# Answers shared with the webhook route, which is served before Flask (and its handlers).
+REDIS_UNAVAILABLE = {
+    "error": "service unavailable",
+    "details": "the queue (Redis) cannot be reached; retry later",
+}
+INTERNAL_ERROR = {"error": "internal error", "details": None}
+
 
 def json_response(payload: dict[str, Any], status: int) -> Response:
     """A compact JSON answer."""
@@ -48,13 +55,10 @@ def register_error_handlers(app: Flask) -> None:
         logger.error("redis unavailable: %s", exc.__class__.__name__)
         from app.services import metrics
 
-        metrics(app).rejected.labels(reason="redis_unavailable").inc()
-        return json_response(
-            {"error": "service unavailable", "details": "the queue (Redis) cannot be reached; "
-             "retry later"}, 503
-        )
+        metrics(app).rejected_for["redis_unavailable"].inc()
+        return json_response(REDIS_UNAVAILABLE, 503)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception) -> Response:
         logger.exception("unexpected error")
-        return json_response({"error": "internal error", "details": None}, 500)
+        return json_response(INTERNAL_ERROR, 500)

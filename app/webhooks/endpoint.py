@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.wsgi import get_content_length
 
 from app import catalog, mapping
+from app.errors import INTERNAL_ERROR, REDIS_UNAVAILABLE
 from app.logs import request_id_from
 from app.services import Services
 from app.store import ClockSkewError, IncomingEvent
@@ -97,8 +98,7 @@ class WebhookEndpoint:
             )
         except Exception:
             logger.exception("unexpected error")
-            answer = Answer(500, {"error": "internal error", "details": None},
-                            {"outcome": "refused", "reason": "error"})
+            answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
         body = json.dumps(answer.payload, separators=(",", ":")).encode()
         start_response(_STATUS_LINES[answer.status], [
             ("Content-Type", "application/json"),
@@ -112,11 +112,7 @@ class WebhookEndpoint:
     def _redis_unavailable(self, exc: Exception) -> Answer:
         logger.error("redis unavailable: %s", exc.__class__.__name__)
         self._relay.metrics.rejected_for["redis_unavailable"].inc()
-        return Answer(
-            503, {"error": "service unavailable",
-                  "details": "the queue (Redis) cannot be reached; retry later"},
-            {"outcome": "refused", "reason": "redis_unavailable"},
-        )
+        return Answer(503, REDIS_UNAVAILABLE, {"outcome": "refused", "reason": "redis_unavailable"})
 
 
 def receive_webhook(relay: Services, environ: dict[str, Any]) -> Answer:

@@ -1,0 +1,99 @@
+"""CPU per request in one process, no HTTP server: bare Flask vs the relay's webhook route.
+
+    python bench/in_process.py [--events 10000] [--profile]
+
+Calls each WSGI app directly (``app(environ, start_response)``) with distinct signed
+events on a real Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/14, flushed),
+and prints microseconds of CPU per request: bare Flask, the relay, and the relay with
+its Redis call left out (what the route costs by itself). ``--profile`` adds cProfile
+on the CPU clock for the relay. The README's in-process figures come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.config import load_settings  # noqa: E402
+from app.services import services  # noqa: E402
+from app.store import Outcome  # noqa: E402
+from app.webhooks.signature import sign  # noqa: E402
+from bench.bare_app import app as bare_app  # noqa: E402
+from bench.run import SIGNING_KEY, make_event  # noqa: E402
+
+
+def environ_for(body: bytes, stamp: str, signature: str) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/webhooks/customerio", "SERVER_NAME": "bench",
+        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "bench",
+        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+        "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": "application/json",
+        "HTTP_X_CIO_TIMESTAMP": stamp, "HTTP_X_CIO_SIGNATURE": signature,
+    }
+
+
+def cpu_per_request(app: Any, requests: list[tuple[bytes, str, str]]) -> float:
+    def start_response(status: str, headers: list, exc_info: Any = None) -> None:
+        if not status.startswith("2"):
+            raise RuntimeError(f"answered {status}")
+
+    started = time.process_time()
+    for body, stamp, signature in requests:
+        b"".join(app(environ_for(body, stamp, signature), start_response))
+    return (time.process_time() - started) / len(requests) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    redis.Redis.from_url(redis_url).flushdb()
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as settings_file:
+        settings_file.write('[logging]\nlevel = "INFO"\nformat = "json"\n')
+    # The relay's log lines go to stderr, as in production, but not to this terminal.
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+    relay = create_app(load_settings({
+        "REDIS_URL": redis_url, "CIO_WEBHOOK_SIGNING_KEYS": SIGNING_KEY,
+        "RELAY_SETTINGS": settings_file.name,
+    }))
+    stamp = str(int(time.time()))
+    requests = []
+    for n in range(args.events):
+        body = json.dumps(make_event(n, f"inproc{stamp}"), separators=(",", ":")).encode()
+        requests.append((body, stamp, sign(SIGNING_KEY.encode(), stamp, body)))
+    half = len(requests) // 2
+    cpu_per_request(bare_app, requests[:500])  # warm up
+    print(f"bare Flask: {cpu_per_request(bare_app, requests):.1f} us CPU per request")
+    print(f"relay: {cpu_per_request(relay, requests[:half]):.1f} us CPU per request")
+    store = services(relay).event_store
+    accept = store.accept
+    store.accept = lambda event: Outcome("queued", "0-1")  # type: ignore[method-assign]
+    print(f"relay without its Redis call: {cpu_per_request(relay, requests[half:]):.1f} us")
+    store.accept = accept  # type: ignore[method-assign]
+    if args.profile:
+        redis.Redis.from_url(redis_url).flushdb()
+        profile = cProfile.Profile(time.process_time)
+        profile.runcall(cpu_per_request, relay, requests[half:])
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("cumtime").print_stats(40)
+    os.unlink(settings_file.name)
+
+
+if __name__ == "__main__":
+    main()
