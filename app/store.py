@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from app import marks, queue_entry
 from app.keys import Buckets, KeySpace, first_field
+from app.script_line import script_line_for
 
 # How the scripts refuse to write when this process's clock is too far from Redis's:
 # the bucket Redis's clock picks is not among those this process passed.
@@ -97,6 +98,8 @@ class EventStore:
         self._dead_letter_cap = dead_letter_max_entries
         self._clock = clock
         self._accept = redis.register_script(ACCEPT_SCRIPT)
+        # The hot path's call skips redis-py's command layers where it can (app/script_line.py).
+        self._accept_call = script_line_for(redis, self._accept) or self._accept
         self._note = redis.register_script(_NOTE_SCRIPT)
 
     def accept(self, event: IncomingEvent) -> Outcome:
@@ -115,7 +118,7 @@ class EventStore:
                          else Buckets(0, []))
         firsts_span = keys.first_generations
         status, detail = self._call(
-            self._accept,
+            self._accept_call,
             keys=[keys.queue(shard), *mark_buckets.keys, *first_buckets.keys],
             args=[
                 event.event_id,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis as redis_lib
@@ -18,6 +19,7 @@ import redis as redis_lib
 from app import create_app
 from app.config import Settings, load_settings
 from tests.support.mparticle_standin import MParticleStandIn
+from tests.support.redis_proxy import RedisProxy, redis_proxy
 from tests.support.webhooks import SIGNING_KEY
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -59,6 +61,13 @@ def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def proxy(redis: redis_lib.Redis, redis_url: str) -> Iterator[RedisProxy]:
+    """A loopback proxy in front of the test Redis (counts sends, hangs, drops)."""
+    with redis_proxy(urlsplit(redis_url).port or 6379) as proxy:
+        yield proxy
 
 
 @pytest.fixture
