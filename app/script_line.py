@@ -7,9 +7,9 @@ argument checks, response callbacks); packed by hiredis's ``pack_command`` and p
 hiredis's ``Reader`` (the C code redis-py itself uses for both) on a plain socket, about
 22 µs. Under load that moved the ingest ratio from 0.55 to 0.68 (README, "Performance").
 
-Only that call takes this path, and only on a plain TCP ``redis://`` client:
-:func:`script_line_for` gives ``None`` for TLS, unix sockets, Redis Cluster and the
-embedded store, and the caller keeps redis-py. Whatever this module does not handle
+Only that call takes this path, and only on a ``redis://`` or ``unix://`` client:
+:func:`script_line_for` gives ``None`` for TLS, Redis Cluster and the embedded store,
+and the caller keeps redis-py. Whatever this module does not handle
 itself it hands to redis-py or answers as redis-py would:
 
 - ``NOSCRIPT`` (Redis restarted, or its script cache was flushed): the call is made
@@ -43,8 +43,9 @@ _READ_SIZE = 65536
 class Address:
     """Where and how to connect: the redis-py pool's own connection settings."""
 
-    host: str
-    port: int
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None  # a unix socket's, instead of host and port
     db: int = 0
     username: str | None = None
     password: str | None = None
@@ -70,13 +71,11 @@ class _Line:
 
     def __init__(self, address: Address) -> None:
         try:
-            self.sock = socket.create_connection((address.host, address.port),
-                                                 timeout=address.connect_timeout)
+            self.sock = _connect(address)
         except TimeoutError as exc:
             raise RedisTimeoutError(f"Timeout connecting to Redis: {exc}") from exc
         except OSError as exc:
             raise RedisConnectionError(f"Error connecting to Redis: {exc}") from exc
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(address.timeout)
         self.reader = (hiredis.Reader(encoding=address.encoding) if address.encoding
                        else hiredis.Reader())
@@ -111,6 +110,22 @@ class _Line:
         except RedisConnectionError:
             self.sock.close()
             raise
+
+
+def _connect(address: Address) -> socket.socket:
+    if address.path is None:
+        sock = socket.create_connection((address.host, address.port),
+                                        timeout=address.connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(address.connect_timeout)
+        sock.connect(address.path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class ScriptLine:
@@ -169,17 +184,21 @@ def _close_all(lines: list[_Line]) -> None:
 
 
 def script_line_for(client: Any, script: Any) -> ScriptLine | None:
-    """A line for ``script`` on a plain TCP ``redis.Redis`` client; None for any other."""
+    """A line for ``script`` on a TCP or unix-socket ``redis.Redis``; None for any other."""
     if type(client) is not redis.Redis:  # the embedded store, RedisCluster, subclasses
         return None
     pool = client.connection_pool
-    if pool.connection_class is not redis.Connection:  # TLS, unix socket, tests' own
-        return None
     settings = pool.connection_kwargs
+    if pool.connection_class is redis.Connection:
+        where = {"host": settings.get("host", "localhost"),
+                 "port": int(settings.get("port", 6379))}
+    elif pool.connection_class is redis.UnixDomainSocketConnection:
+        where = {"path": settings["path"]}
+    else:  # TLS, tests' own classes
+        return None
     timeout = settings.get("socket_timeout")
     return ScriptLine(script, Address(
-        host=settings.get("host", "localhost"),
-        port=int(settings.get("port", 6379)),
+        **where,
         db=int(settings.get("db") or 0),
         username=settings.get("username"),
         password=settings.get("password"),
