@@ -16,6 +16,7 @@ from redis.crc import key_slot
 
 from app import marks, queue_entry
 from app.keys import KeySpace
+from app.services import REDIS_DECODING
 from app.store import ClockSkewError, EventStore, IncomingEvent, Outcome
 from app.stories import find_event, first_flags, forget_event
 
@@ -611,7 +612,7 @@ def _scenario(client: Any, now: float) -> list[Any]:
 def test_the_embedded_store_tells_every_story_as_redis_does(redis, now):
     fakeredis = pytest.importorskip("fakeredis")
 
-    embedded = _scenario(fakeredis.FakeRedis(decode_responses=True), now)
+    embedded = _scenario(fakeredis.FakeRedis(**REDIS_DECODING), now)
 
     assert embedded == _scenario(redis, now)
     assert embedded[:5] == ["queued", "duplicate", "suppressed", "suppressed", "queued"]

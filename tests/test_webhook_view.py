@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app import create_app, marks, queue_entry
-from app.services import services
+from app.services import REDIS_DECODING, services
 from tests.support.webhooks import encode, signed_headers, webhook
 
 URL = "/webhooks/customerio"
@@ -472,7 +472,7 @@ class _CountingConnection(redis_lib.Connection):
 @pytest.mark.parametrize("repeat", ["queued", "duplicate", "suppressed"])
 def test_a_webhook_costs_one_redis_round_trip(make_settings, redis_url, redis, repeat):
     counting = redis_lib.Redis.from_url(
-        redis_url, connection_class=_CountingConnection, decode_responses=True
+        redis_url, connection_class=_CountingConnection, **REDIS_DECODING
     )
     app = create_app(make_settings({"redis": {"toggle_refresh_seconds": 3600}}),
                      redis_client=counting)
