@@ -21,7 +21,7 @@
 --          event names no delivery)
 --            mark bucket   hash  event_id -> packed story (app/marks.py)
 --            first bucket  hash  "<delivery_id>:<event type>" -> event_id forwarded
--- ARGV     event_id, event type (escaped), body field ("z" packed, "b" plain), body,
+-- ARGV     event_id, event type (escaped), body field ("d" packed, "b" plain), body,
 --          received_ms, mark bucket count, oldest mark generation, mark span, event_ttl,
 --          oldest first generation, first span, first_ttl, check_first ("1" or "0"),
 --          first-occurrence field, delivery_id (escaped; "" when none), the error for

@@ -47,13 +47,26 @@ def list_dead_letters(redis: Any, keys: KeySpace, count: int = 100) -> list[dict
 
 
 def _letter(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    letter: dict[str, Any] = {"id": entry_id, **fields}
+    letter: dict[str, Any] = {"id": entry_id, **{name: _readable(value)
+                                                 for name, value in fields.items()}}
     if "details" in letter:
         letter["details"] = json.loads(letter["details"])
     if "at_ms" in letter:
         seconds = int(letter["at_ms"]) / 1000
         letter["at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     return letter
+
+
+def _readable(value: str) -> str:
+    """A letter's value as valid UTF-8 text, whoever wrote it: non-UTF-8 bytes become U+FFFD.
+
+    The relay writes letters as text, but its clients read any bytes (REDIS_DECODING in
+    app/services.py), so a letter written by hand could hold lone surrogates, which
+    JSON and the console must never show.
+    """
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def replay_dead_letters(
@@ -78,7 +91,8 @@ def replay_dead_letters(
     for entry_id, fields in entries:
         body = fields.get("body", "")
         try:
-            webhook = load_webhook(json.loads(body))
+            # As bytes: a body that is not UTF-8 (a letter written by hand) is refused.
+            webhook = load_webhook(json.loads(body.encode("utf-8")))
         except (ValueError, ValidationError) as exc:
             report.still_invalid[entry_id] = str(exc)[:300]
             continue

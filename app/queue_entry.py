@@ -4,13 +4,24 @@ A queued event waits in Redis until mParticle takes it: seconds normally, days w
 mParticle is down, which is exactly when memory runs short. A reporting webhook is a
 few hundred bytes of JSON, most of them the same field names every time, so raw
 deflate primed with those names (the dictionary below) stores a typical event in about
-a third of its size. The result is base64 text so every Redis client (decoding
-responses or not, fakeredis, Cluster) reads it the same way.
+a third of its size.
 
-Field ``z`` holds a body packed with dictionary version 1; field ``b`` holds plain JSON
-(entries written by replay, by hand or by older versions; and any body that would not
-get smaller). The dictionary must never change: a new one gets a new field name, and
-the old stays readable.
+The deflated bytes are stored as they are, binary: base64 would add a third to them
+(50-75 bytes an event, as Redis keeps it). Every Redis client the relay builds decodes
+replies to str (``app/services.py``, ``REDIS_DECODING``) with ``surrogateescape``, so a
+binary value reads back as a str whose undecodable bytes are lone surrogates (PEP 383)
+and ``.encode("utf-8", "surrogateescape")`` gives back the exact bytes; a client
+without decoding gives bytes; :func:`unpack` takes either. Write them back as bytes,
+never as that str: redis-py packs commands with hiredis, which encodes str strictly.
+Nothing read from a queue entry goes to people as it is: the worker dead-letters the
+unpacked JSON (:func:`readable_body`); in ``redis-cli`` a packed body shows as escaped
+bytes.
+
+Field ``d`` holds a body packed with dictionary version 1; field ``z`` the same, in
+base64 (entries written by older versions); field ``b`` plain JSON (entries written by
+replay, by hand or by older versions; and any body that would not get smaller). The
+dictionary must never change: a new one gets a new field name, and the old stays
+readable; so do the old fields.
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ import zlib
 from collections.abc import Mapping
 
 PLAIN_FIELD = "b"
-PACKED_FIELD = "z"
+PACKED_FIELD = "d"
+PACKED_BASE64_FIELD = "z"  # read only: what versions before binary bodies wrote
 
 # Fragments of Customer.io reporting webhooks (field names from its OpenAPI document,
 # common values), most frequent last: deflate reaches recent bytes more cheaply.
@@ -48,25 +60,62 @@ _LEVEL = 6
 _MEMORY_LEVEL = 1
 
 
-def pack(body: str) -> dict[str, str]:
+def pack(body: str) -> dict[str, str | bytes]:
     """The queue entry's fields for a JSON body (packed unless that would not help)."""
     raw = body.encode("utf-8")
     packer = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WINDOW_BITS, _MEMORY_LEVEL,
                               zlib.Z_DEFAULT_STRATEGY, _DICTIONARY_V1)
-    packed = base64.b64encode(packer.compress(raw) + packer.flush())
+    packed = packer.compress(raw) + packer.flush()
     if len(packed) >= len(raw):
         return {PLAIN_FIELD: body}
-    return {PACKED_FIELD: packed.decode("ascii")}
+    return {PACKED_FIELD: packed}
 
 
-def unpack(fields: Mapping[str, str]) -> str:
+def unpack(fields: Mapping[str, str | bytes]) -> str:
     """The JSON body of a queue entry; KeyError if it holds none, ValueError if corrupt."""
     if PACKED_FIELD in fields:
+        return _inflate(_as_bytes(fields[PACKED_FIELD]))
+    if PACKED_BASE64_FIELD in fields:
         try:
-            unpacker = zlib.decompressobj(_WINDOW_BITS, zdict=_DICTIONARY_V1)
-            raw = unpacker.decompress(base64.b64decode(fields[PACKED_FIELD], validate=True))
-            raw += unpacker.flush()
-        except (zlib.error, ValueError) as exc:
+            packed = base64.b64decode(fields[PACKED_BASE64_FIELD], validate=True)
+        except ValueError as exc:
             raise ValueError(f"queue entry's packed body is corrupt: {exc}") from exc
+        return _inflate(packed)
+    return _as_text(fields[PLAIN_FIELD])
+
+
+def readable_body(fields: Mapping[str, str | bytes]) -> str:
+    """The entry as text for people: its body if it unpacks, else its fields, escaped."""
+    try:
+        return unpack(fields)
+    except (KeyError, ValueError):
+        # repr escapes lone surrogates and bytes: the text is valid UTF-8 whatever Redis held.
+        return repr(dict(fields))
+
+
+def _inflate(packed: bytes) -> str:
+    try:
+        unpacker = zlib.decompressobj(_WINDOW_BITS, zdict=_DICTIONARY_V1)
+        raw = unpacker.decompress(packed) + unpacker.flush()
+        if not unpacker.eof:  # raw deflate has no length: a cut-off body inflates in part
+            raise ValueError("it ends before its last block")
         return raw.decode("utf-8")
-    return fields[PLAIN_FIELD]
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"queue entry's packed body is corrupt: {exc}") from exc
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    """A binary value as Redis holds it, however the client decoded it."""
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def _as_text(value: str | bytes) -> str:
+    """A plain body as text; ValueError if Redis holds bytes that are not UTF-8."""
+    try:
+        if isinstance(value, bytes):
+            return value.decode("utf-8")
+        if not value.isascii():
+            value.encode("utf-8")  # a lone surrogate (a byte that is not UTF-8) raises
+    except UnicodeError as exc:
+        raise ValueError(f"queue entry's plain body is corrupt: {exc}") from exc
+    return value

@@ -52,6 +52,7 @@ class Address:
     timeout: float | None = None
     connect_timeout: float | None = None
     encoding: str | None = "utf-8"  # of replies; None: bytes (decode_responses=False)
+    encoding_errors: str = "strict"
 
     def setup_commands(self) -> list[tuple[Any, ...]]:
         """What a new connection sends before its first call (as redis-py's does)."""
@@ -77,8 +78,9 @@ class _Line:
         except OSError as exc:
             raise RedisConnectionError(f"Error connecting to Redis: {exc}") from exc
         self.sock.settimeout(address.timeout)
-        self.reader = (hiredis.Reader(encoding=address.encoding) if address.encoding
-                       else hiredis.Reader())
+        self.reader = (hiredis.Reader(encoding=address.encoding,
+                                      errors=address.encoding_errors)
+                       if address.encoding else hiredis.Reader())
         self.pid = os.getpid()
         for command in address.setup_commands():
             reply = self.exchange(hiredis.pack_command(command))
@@ -205,4 +207,5 @@ def script_line_for(client: Any, script: Any) -> ScriptLine | None:
         timeout=timeout,
         connect_timeout=settings.get("socket_connect_timeout") or timeout,
         encoding=settings.get("encoding", "utf-8") if settings.get("decode_responses") else None,
+        encoding_errors=settings.get("encoding_errors", "strict"),
     ))

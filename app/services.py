@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 
 EXTENSION = "relay"
 
+# How every Redis client of the relay (and of its tests and bench) reads replies: as str.
+# A queued body is binary (app/queue_entry.py): its bytes that are not UTF-8 read as lone
+# surrogates (PEP 383) instead of failing the whole reply, and
+# .encode("utf-8", "surrogateescape") gives them back exactly.
+REDIS_DECODING: dict[str, Any] = {"decode_responses": True, "encoding_errors": "surrogateescape"}
+
 
 @dataclass
 class Services:
@@ -74,7 +80,7 @@ def build_redis(settings: Settings) -> Any:
     if settings.embedded:
         import fakeredis
 
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), **REDIS_DECODING)
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
@@ -82,7 +88,7 @@ def build_redis(settings: Settings) -> Any:
     timeout = settings.redis["socket_timeout_seconds"]
     url = settings.redis_url or ""
     options = {
-        "decode_responses": True,
+        **REDIS_DECODING,
         "socket_timeout": timeout,
         "socket_connect_timeout": connect_timeout(timeout),
         "health_check_interval": 30,

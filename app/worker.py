@@ -365,7 +365,7 @@ class RelayWorker:
                 webhook = load_webhook(json.loads(body))
             except (KeyError, TypeError, ValueError, ValidationError):
                 placeholder = QueuedEvent(
-                    queue, shard, entry_id, "", "", {}, {}, raw=str(fields.get("b", fields))
+                    queue, shard, entry_id, "", "", {}, {}, raw=queue_entry.readable_body(fields)
                 )
                 unusable.append((placeholder, DeadLetter("queue entry is not a reporting webhook")))
                 continue

@@ -48,6 +48,7 @@ import redis  # noqa: E402
 from app.config import load_settings  # noqa: E402
 from app.keys import KeySpace  # noqa: E402
 from app.metrics import RelayMetrics  # noqa: E402
+from app.services import REDIS_DECODING  # noqa: E402
 from app.store import EventStore, IncomingEvent  # noqa: E402
 from app.webhooks.signature import sign  # noqa: E402
 from app.worker import DryRunClient, RelayWorker  # noqa: E402
@@ -190,7 +191,7 @@ def _wait_port(deployment: Deployment) -> None:
 
 def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[str, Any]:
     """Both servers up at once, measured in turns: a busy machine slows both alike."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url, **REDIS_DECODING)
     threads = 2
     warm = write_signed_events(work, 3000, threads, "warm")
     settings_file = work / "settings.toml"
@@ -277,7 +278,7 @@ def fill_backlog(client: redis.Redis, count: int, run: str, *, per_delivery: int
 
 
 def drain_with_worker(redis_url: str, work: Path, count: int, sections: str, run: str) -> float:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(redis_url, **REDIS_DECODING)
     client.flushdb()
     fill_backlog(client, count, run)
     settings_file = work / f"relay-{run}.toml"
@@ -339,7 +340,7 @@ def bench_memory(work: Path, count: int, per_delivery: int) -> dict[str, float]:
     carries the story a relayed event really has (status, time, source_request_id).
     """
     with private_redis(work) as redis_url:
-        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        client = redis.Redis.from_url(redis_url, **REDIS_DECODING)
         before = int(client.info("memory")["used_memory"])
         fill_backlog(client, count, "mem", per_delivery=per_delivery)
         queued = int(client.info("memory")["used_memory"])

@@ -18,6 +18,7 @@ import redis as redis_lib
 
 from app import create_app
 from app.config import Settings, load_settings
+from app.services import REDIS_DECODING
 from tests.support.mparticle_standin import MParticleStandIn
 from tests.support.redis_proxy import RedisProxy, redis_proxy
 from tests.support.webhooks import SIGNING_KEY
@@ -52,7 +53,7 @@ def redis_url() -> str:
 @pytest.fixture
 def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
     """The real Redis, on the test DB, empty before and after the test."""
-    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_lib.Redis.from_url(redis_url, **REDIS_DECODING)
     try:
         client.ping()
     except redis_lib.ConnectionError:

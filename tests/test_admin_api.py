@@ -270,6 +270,22 @@ def test_replaying_all_keeps_the_letters_that_are_still_not_webhooks(client, app
     assert [letter["id"] for letter in letters] == [quarantined["dead_letter_id"]]
 
 
+def test_a_dead_letter_written_by_hand_in_bytes_that_are_not_utf8_is_shown_and_kept(
+    client, app, redis
+):
+    payload = webhook("sms", "delivered", customer_id=None, email=None)
+    body = encode(payload).replace(b'"delivered"', b'"delivered \xff"')
+    letter_id = redis.xadd(services(app).keys.dead_letters,
+                           {"kind": "event", "reason": "by hand", "body": body})
+
+    (letter,) = client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"]
+    report = client.post("/admin/dead-letters/replay", json={"all": True}, headers=AUTH)
+
+    assert letter["body"] == body.decode("utf-8", "replace")  # no lone surrogate
+    assert list(report.get_json()["still_invalid"]) == [letter_id]
+    assert queue_length(app) == 0
+
+
 @pytest.mark.parametrize("entry_id", ["1-0", "not-an-id", "1700000000000", "+"])
 def test_replaying_an_id_that_is_not_a_dead_letter_reports_it_not_found(client, app, entry_id):
     dead_letter_an_event(app, client)

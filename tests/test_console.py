@@ -255,6 +255,19 @@ def test_a_quarantined_payload_can_be_read_raw_in_the_console(signed_in, app):
     assert signed_in.get(f"{CONSOLE}/dead-letters/0-0").status_code == 404
 
 
+def test_a_dead_letter_in_bytes_that_are_not_utf8_is_shown_with_replacement_characters(
+    signed_in, app, redis
+):
+    letter_id = redis.xadd(services(app).keys.dead_letters, {
+        "kind": "event", "reason": "by hand", "body": b'{"\xff": 1}', "at_ms": 1795704496123})
+
+    listing = signed_in.get(f"{CONSOLE}/dead-letters")
+    raw = signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}")
+
+    assert listing.status_code == raw.status_code == 200
+    assert '{"\ufffd": 1}</pre>' in text(raw)
+
+
 def _dead_letter_of_an_anonymous_event(client: Any, app: Any) -> str:
     """Post an event that names nobody; the worker dead-letters it without sending."""
     payload = webhook("sms", "delivered", customer_id=None, email=None)

@@ -17,6 +17,7 @@ import redis as redis_lib
 
 from app.keys import KeySpace
 from app.script_line import ScriptLine, script_line_for
+from app.services import REDIS_DECODING
 from app.store import EventStore, IncomingEvent
 from tests.support.redis_cluster import RedisServer, redis_binaries_missing
 
@@ -28,7 +29,7 @@ def _db(redis_url: str) -> int:
 
 
 def _client(url: str, **options) -> redis_lib.Redis:
-    return redis_lib.Redis.from_url(url, decode_responses=True, **options)
+    return redis_lib.Redis.from_url(url, **REDIS_DECODING, **options)
 
 
 def _line(client: redis_lib.Redis, script_text: str = ECHO) -> ScriptLine:
@@ -42,6 +43,14 @@ def test_a_call_answers_as_redis_py_would(redis):
     line = _line(redis)
 
     assert line(keys=["k"], args=["é"]) == script(keys=["k"], args=["é"]) == ["k", "é"]
+
+
+def test_bytes_that_are_not_utf8_come_back_as_redis_py_gives_them(redis):
+    script = redis.register_script(ECHO)
+    binary = b"\xff\x00deflated"
+
+    assert _line(redis)(keys=["k"], args=[binary]) == script(keys=["k"], args=[binary])
+    assert _line(redis)(keys=["k"], args=[binary])[1].encode("utf-8", "surrogateescape") == binary
 
 
 def test_replies_are_bytes_when_the_client_does_not_decode(redis_url, redis):

@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app import create_app, marks, queue_entry
-from app.services import services
+from app.services import REDIS_DECODING, services
 from tests.support.webhooks import encode, signed_headers, webhook
 
 URL = "/webhooks/customerio"
@@ -477,13 +477,13 @@ def test_a_webhook_costs_one_redis_round_trip(make_settings, redis_url, proxy, r
     (redis-py's path, which a connection class of its own forces) by that class."""
     through_proxy = f"{proxy.url(0).rsplit('/', 1)[0]}{urlsplit(redis_url).path}"
     if path == "script line":
-        client = redis_lib.Redis.from_url(through_proxy, decode_responses=True)
+        client = redis_lib.Redis.from_url(through_proxy, **REDIS_DECODING)
 
         def sends() -> int:
             return proxy.sends
     else:
         client = redis_lib.Redis.from_url(
-            through_proxy, connection_class=_CountingConnection, decode_responses=True)
+            through_proxy, connection_class=_CountingConnection, **REDIS_DECODING)
 
         def sends() -> int:
             return _CountingConnection.sends

@@ -7,6 +7,7 @@ worker is the one the app builds, and what mParticle received is read off the st
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ import pytest
 import redis as redis_lib
 from flask import Flask
 
-from app import create_app, relay_state
+from app import create_app, queue_entry, relay_state
 from app.deadletters import list_dead_letters, replay_dead_letters
 from app.keys import CONSUMER_GROUP
 from app.mapping import source_message_id
@@ -27,7 +28,7 @@ from app.runner import build_worker
 from app.services import services
 from app.stories import find_event, first_flags
 from app.worker import RelayWorker
-from tests.conftest import STANDIN_KEY, STANDIN_SECRET
+from tests.conftest import ADMIN_TOKEN, STANDIN_KEY, STANDIN_SECRET
 from tests.support.mparticle_standin import MParticleStandIn, Reply
 from tests.support.webhooks import encode, signed_headers, webhook
 
@@ -40,6 +41,7 @@ FAST_RELAY = {
 # claim_idle_seconds must outlast one request (connect + read timeout).
 FAST_MPARTICLE = {"connect_timeout_seconds": 0.3, "read_timeout_seconds": 0.5}
 _deliveries = itertools.count(1)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
@@ -430,6 +432,64 @@ def test_a_queue_entry_that_is_not_a_webhook_is_dead_lettered_and_the_rest_deliv
     assert mparticle.source_message_ids() == message_ids(good)
     (letter,) = list_dead_letters(redis, keys)
     assert letter["reason"] == "queue entry is not a reporting webhook"
+    assert queue_state(app) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "shown"),
+    [
+        ({"d": b"\x80\xff binary, not deflate"}, "{'d': '\\udc80\\udcff binary, not deflate'}"),
+        ({"d": queue_entry.pack('{"event_id": "x"}' * 20)["d"]}, '{"event_id": "x"}' * 20),
+        ({"b": b'["not utf-8 \xff"]'}, "{'b': '[\"not utf-8 \\udcff\"]'}"),
+    ],
+    ids=["not-deflate", "packed-not-a-webhook", "plain-not-utf-8"],
+)
+def test_an_unusable_binary_queue_entry_is_dead_lettered_as_text_people_can_read(
+    app, redis, fields, shown
+):
+    keys = services(app).keys
+    redis.xadd(keys.queue(0), fields)
+
+    build_worker(app).run(once=True)
+
+    (letter,) = list_dead_letters(redis, keys)
+    assert letter["body"] == shown  # the JSON when it unpacks, else escaped: valid UTF-8
+    listed = app.test_client().get("/admin/dead-letters", headers=ADMIN)
+    assert listed.get_json()["dead_letters"][0]["body"] == shown
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def any_store_app(request, make_app, make_settings, mparticle) -> Flask:
+    """The app on the real Redis, or on the embedded default's (fakeredis, as built)."""
+    if request.param == "redis":
+        return make_app()
+    settings = make_settings({"relay": dict(FAST_RELAY), "mparticle": dict(FAST_MPARTICLE)},
+                             REDIS_URL=None, MPARTICLE_BASE_URL=mparticle.base_url)
+    return create_app(settings, role="cli")  # "cli": the test runs the worker, not a thread
+
+
+def test_a_body_is_queued_binary_and_relayed_or_dead_lettered_as_the_exact_json(
+    any_store_app, mparticle
+):
+    app = any_store_app
+    somebody = event("ann", subject="Héllo ✓ 你好")
+    nobody = webhook("sms", "delivered", customer_id=None, email=None, subject="Grüße")
+    bodies = [json.dumps(payload, ensure_ascii=False) for payload in (somebody, nobody)]
+    client = app.test_client()
+    for body in bodies:  # UTF-8 on the wire, as Customer.io sends it
+        answer = client.post("/webhooks/customerio", data=body.encode(),
+                             headers=signed_headers(body.encode()))
+        assert answer.get_json()["status"] == "queued"
+    relay = services(app)
+    queued = [fields for queue in relay.keys.queues() for _, fields in relay.redis.xrange(queue)]
+    assert [set(fields) for fields in queued] == [{"d"}, {"d"}]
+    assert sorted(queue_entry.unpack(fields) for fields in queued) == sorted(bodies)
+
+    build_worker(app).run(once=True)
+
+    assert mparticle.source_message_ids() == message_ids(somebody)
+    (letter,) = list_dead_letters(relay.redis, relay.keys)
+    assert letter["body"] == bodies[1]
     assert queue_state(app) == (0, 0)
 
 

@@ -28,6 +28,7 @@ import requests
 
 from app import mapping
 from app.keys import CONSUMER_GROUP, KeySpace
+from app.services import REDIS_DECODING
 from tests.conftest import TEST_REDIS_URL
 from tests.support.mparticle_standin import MParticleStandIn, Reply
 from tests.support.processes import REPO_ROOT, Deployment, Process, process_env, wait_for
@@ -139,7 +140,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     workdir = tmp_path_factory.mktemp("faults")
     settings_file = workdir / "settings.toml"
     settings_file.write_text(SETTINGS)
-    client = redis_lib.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    client = redis_lib.Redis.from_url(TEST_REDIS_URL, **REDIS_DECODING)
     client.flushdb()
     with MParticleStandIn(api_key=MP_KEY, api_secret=MP_SECRET) as standin:
         deployment = Deployment(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import redis as redis_lib
 
+from app.services import REDIS_DECODING
 from tests.support.processes import free_port
 
 
@@ -134,7 +135,7 @@ class RedisCluster:
 
     def client(self) -> redis_lib.RedisCluster:
         return redis_lib.RedisCluster(host="127.0.0.1", port=self.nodes[0].port,
-                                      decode_responses=True)
+                                      **REDIS_DECODING)
 
     def stop(self) -> None:
         for node in self.nodes:
