@@ -5,8 +5,10 @@
 Calls each WSGI app directly (``app(environ, start_response)``) with distinct signed
 events on a real Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/14, flushed),
 and prints microseconds of CPU per request: bare Flask, the relay, and the relay with
-its Redis call left out (what the route costs by itself). ``--profile`` adds cProfile
-on the CPU clock for the relay. The README's in-process figures come from here.
+its Redis call left out (what the route costs by itself); then ``EventStore.accept``
+alone, its script called on the store's own connections (app/script_line.py) and
+through redis-py. ``--profile`` adds cProfile on the CPU clock for the relay. The
+README's in-process figures come from here.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import redis  # noqa: E402
 from app import create_app  # noqa: E402
 from app.config import load_settings  # noqa: E402
 from app.services import services  # noqa: E402
-from app.store import Outcome  # noqa: E402
+from app.store import IncomingEvent, Outcome  # noqa: E402
 from app.webhooks.signature import sign  # noqa: E402
 from bench.bare_app import app as bare_app  # noqa: E402
 from bench.run import SIGNING_KEY, make_event  # noqa: E402
@@ -56,6 +58,17 @@ def cpu_per_request(app: Any, requests: list[tuple[bytes, str, str]]) -> float:
     for body, stamp, signature in requests:
         b"".join(app(environ_for(body, stamp, signature), start_response))
     return (time.process_time() - started) / len(requests) * 1e6
+
+
+def accept_cpu(store: Any, run: str, count: int) -> float:
+    """CPU per call of ``store.accept`` for distinct events (each its own delivery)."""
+    events = [IncomingEvent(f"{run}-{time.time()}-{n}", "email_opened", f"d-{run}-{n}",
+                            f"person-{n}", json.dumps(make_event(n, run))) for n in range(count)]
+    store.accept(events[0])
+    started = time.process_time()
+    for event in events[1:]:
+        store.accept(event)
+    return (time.process_time() - started) / (count - 1) * 1e6
 
 
 def main() -> None:
@@ -87,6 +100,11 @@ def main() -> None:
     store.accept = lambda event: Outcome("queued", "0-1")  # type: ignore[method-assign]
     print(f"relay without its Redis call: {cpu_per_request(relay, requests[half:]):.1f} us")
     store.accept = accept  # type: ignore[method-assign]
+    line = store._accept_call
+    for path, call in (("script line", line), ("redis-py", store._accept)) * 2:
+        store._accept_call = call
+        print(f"EventStore.accept, {path}: {accept_cpu(store, path, args.events // 2):.1f} us")
+    store._accept_call = line
     if args.profile:
         redis.Redis.from_url(redis_url).flushdb()
         profile = cProfile.Profile(time.process_time)

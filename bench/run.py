@@ -125,39 +125,47 @@ def run_wrk(url: str, events: Path, seconds: int, connections: int, threads: int
     result = json.loads(line[5:])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     if server is not None:
-        for part in after:
+        for part in ("server", "wrk", "redis"):
             result[f"cpu_us_{part}"] = (after[part] - before[part]) / result["requests"] * 1e6
+        result["switches"] = (after["switches"] - before["switches"]) / result["requests"]
     return result
 
 
 def _cpu_now(server: Deployment | None, redis_client: Any) -> dict[str, float]:
-    """CPU seconds used so far by the server's processes, by wrk runs, and by Redis."""
+    """CPU seconds used so far by the server's processes, by wrk runs, and by Redis; and
+    the server's context switches (each a thread that slept or was preempted)."""
     if server is None:
         return {}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
     info = redis_client.info("cpu") if redis_client is not None else {}
+    usage = [_process_tree_usage(process.popen.pid) for process in server.processes]
     return {
-        "server": sum(_process_tree_cpu(process.popen.pid) for process in server.processes),
+        "server": sum(cpu for cpu, _ in usage),
         "wrk": children.ru_utime + children.ru_stime,
         "redis": float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0)),
+        "switches": sum(switches for _, switches in usage),
     }
 
 
-def _process_tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants (gunicorn's master and workers)."""
+def _process_tree_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and context switches of a process, its threads and its descendants
+    (gunicorn's master and workers)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total, pending = 0.0, [pid]
+    cpu, switches, pending = 0.0, 0, [pid]
     while pending:
         current = pending.pop()
         try:
             stat = Path(f"/proc/{current}/stat").read_text()
             utime, stime = stat[stat.rindex(")") + 2:].split()[11:13]
-            total += (int(utime) + int(stime)) / ticks
+            cpu += (int(utime) + int(stime)) / ticks
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending.extend(int(child) for child in (task / "children").read_text().split())
+                switches += sum(int(line.split()[1])
+                                for line in (task / "status").read_text().splitlines()
+                                if "ctxt_switches:" in line)
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return cpu, switches
 
 
 def start_web(env: dict[str, str], workdir: Path, app_path: str | None = None) -> Deployment:
@@ -253,7 +261,8 @@ def _cpu_per_request(result: dict[str, Any]) -> float:
 
 def _cpu_text(result: dict[str, Any]) -> str:
     return (f"{_cpu_per_request(result):.0f} (server {result['cpu_us_server']:.0f} + wrk "
-            f"{result['cpu_us_wrk']:.0f} + redis {result['cpu_us_redis']:.0f})")
+            f"{result['cpu_us_wrk']:.0f} + redis {result['cpu_us_redis']:.0f}; server "
+            f"context switches {result['switches']:.1f})")
 
 
 # An email's life as Customer.io reports it: one delivery, several events.
