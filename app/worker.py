@@ -112,6 +112,38 @@ end
 return left
 """
 
+# Forgets consumers of a queue's group that hold no pending entry: the one named in
+# ARGV[3] whatever its idle time (a worker leaving with nothing in hand), or, when ARGV[3]
+# is empty, every one idle for ARGV[2] ms or more (workers that died, whose entries
+# others have taken over). One whose pending count is not 0 is never touched: deleting
+# a consumer drops its pending entries from the group, and they would never be read
+# again. Atomic, so none can read an entry between the check and the delete; a live
+# worker that is forgotten while idle is recreated by its next XREADGROUP.
+_FORGET_CONSUMERS = """
+local forgotten = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do
+    info[consumer[i]] = consumer[i + 1]
+  end
+  local chosen
+  if ARGV[3] ~= '' then
+    chosen = info['name'] == ARGV[3]
+  else
+    chosen = info['idle'] >= tonumber(ARGV[2])
+  end
+  if chosen and info['pending'] == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    forgotten = forgotten + 1
+  end
+end
+return forgotten
+"""
+
+# A consumer idle this long, with nothing pending, is a worker that is gone: live ones
+# read their queues every pass.
+FORGET_IDLE_CONSUMERS_SECONDS = 3600.0
+
 # Backoff while Redis itself is unreachable, or after an unexpected error: the worker
 # waits and carries on by itself.
 _LOOP_RETRY_MAX_SECONDS = 30.0
@@ -180,6 +212,9 @@ class RelayWorker:
         # the worker sends or waits, so no other worker takes them over meanwhile.
         self._held: list[BulkRequest] = []
         self._claims_renewed_at = 0.0
+        self._forget_consumers = redis.register_script(_FORGET_CONSUMERS)
+        self.forget_idle_consumers_seconds = FORGET_IDLE_CONSUMERS_SECONDS
+        self._next_forgetting_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -203,6 +238,24 @@ class RelayWorker:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
+    def forget_gone_consumers(self, only_this_one: bool = False) -> int:
+        """Remove consumers that hold nothing from the groups, so XINFO lists live workers.
+
+        Those idle for ``forget_idle_consumers_seconds`` (workers that died or left), or
+        with ``only_this_one``, this worker as it leaves. Returns how many went.
+        """
+        idle_ms = int(self.forget_idle_consumers_seconds * 1000)
+        name = self.consumer if only_this_one else ""
+        forgotten = 0
+        for queue in self._keys.queues():
+            forgotten += int(self._forget_consumers(keys=[queue],
+                                                    args=[CONSUMER_GROUP, idle_ms, name]))
+        if forgotten and not only_this_one:
+            logger.info("forgot %d consumers idle for %.0fs with nothing pending",
+                        forgotten, self.forget_idle_consumers_seconds)
+        self._next_forgetting_at = self._clock() + self.forget_idle_consumers_seconds
+        return forgotten
+
     def run(self, *, once: bool = False) -> None:
         """Relay until stopped (or one pass with ``once=True``, for tests)."""
         logger.info("worker %s started", self.consumer)
@@ -213,6 +266,8 @@ class RelayWorker:
                 if not groups_ready:
                     self.ensure_groups()
                     groups_ready = True
+                if self._clock() >= self._next_forgetting_at:
+                    self.forget_gone_consumers()
                 worked = self.relay_pending()
                 failures = 0
             except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -263,6 +318,7 @@ class RelayWorker:
                     self._redis.xclaim(queue, CONSUMER_GROUP, self.consumer, 0, ids,
                                        idle=idle_ms, justid=True)
                     logger.info("handed over %d unsent entries of %s", len(ids), queue)
+            self.forget_gone_consumers(only_this_one=True)  # where it holds nothing
         except RedisError as exc:  # Redis is away: they are taken over after the idle time
             logger.warning("could not hand over unsent entries (%s)", exc.__class__.__name__)
 

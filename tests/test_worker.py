@@ -872,3 +872,53 @@ def test_a_stopped_worker_hands_what_it_did_not_send_to_the_next_at_once(make_ap
 
     assert Counter(mparticle.source_message_ids()) == Counter(message_ids(*payloads))
     assert queue_state(app) == (0, 0)
+
+
+# -- consumers that are gone -----------------------------------------------------------
+
+
+def consumers(redis: redis_lib.Redis, app: Flask) -> dict[str, int]:
+    """Every consumer listed in the queues' groups, with the entries it holds."""
+    listed: dict[str, int] = {}
+    for queue in services(app).keys.queues():
+        for info in redis.xinfo_consumers(queue, CONSUMER_GROUP):
+            listed[info["name"]] = listed.get(info["name"], 0) + info["pending"]
+    return listed
+
+
+def test_a_worker_leaving_with_nothing_in_hand_is_no_longer_listed(app, mparticle, redis):
+    send(app, event("ann"), event("bob"))
+    worker = build_worker(app)
+    worker.consumer = "leaving"
+
+    with Running(worker):
+        assert wait_until(lambda: queue_state(app) == (0, 0))
+        assert "leaving" in consumers(redis, app)
+
+    assert consumers(redis, app) == {}
+
+
+def test_gone_consumers_are_forgotten_unless_they_hold_entries(app, mparticle, redis):
+    send(app, event("ann"), event("bob"), event("cat"))
+    worker = build_worker(app)
+    worker.ensure_groups()
+    queues = services(app).keys.queues()
+    # Three workers that died: one with entries in hand, two with nothing.
+    redis.xreadgroup(CONSUMER_GROUP, "died-holding", dict.fromkeys(queues, ">"))
+    for queue in queues:
+        redis.xreadgroup(CONSUMER_GROUP, "died-empty-handed", {queue: "0"})
+    assert consumers(redis, app) == {"died-holding": 3, "died-empty-handed": 0}
+
+    worker.forget_idle_consumers_seconds = 3600
+    assert worker.forget_gone_consumers() == 0  # not idle long enough
+    time.sleep(0.05)
+    worker.forget_idle_consumers_seconds = 0.02
+
+    empty_handed = sum(info["pending"] == 0 for queue in queues
+                       for info in redis.xinfo_consumers(queue, CONSUMER_GROUP))
+
+    assert worker.forget_gone_consumers() == empty_handed
+    assert consumers(redis, app) == {"died-holding": 3}  # its entries stay pending
+    worker.forget_idle_consumers_seconds = 3600
+    assert wait_until(lambda: worker.relay_pending() and mparticle.wait_for_events(3, 0))
+    assert queue_state(app) == (0, 0)
