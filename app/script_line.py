@@ -31,10 +31,20 @@ from typing import Any
 
 import hiredis
 import redis
-from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+try:  # redis-py's own table of error prefixes (a private module: kept optional)
+    from redis._parsers.base import BaseParser
+
+    _error_of = BaseParser.parse_error
+except ImportError:  # pragma: no cover (redis-py moved it): NOSCRIPT still recognised
+
+    def _error_of(message: str) -> Exception:
+        if message.startswith("NOSCRIPT"):
+            return NoScriptError(message)
+        return ResponseError(message.removeprefix("ERR "))
 
 _READ_SIZE = 65536
 
@@ -153,7 +163,7 @@ class ScriptLine:
             self.close()
             reply = self._call(command)
         if isinstance(reply, hiredis.ReplyError):
-            error = BaseParser.parse_error(str(reply))
+            error = _error_of(str(reply))
             if isinstance(error, NoScriptError):
                 return self._script(keys=keys, args=args)
             raise error
