@@ -1,11 +1,11 @@
 """The webhook's one Redis call, on connections of its own: hiredis packs and parses.
 
 A webhook makes one Redis call, always the same command: ``EVALSHA`` of the accept
-script. Through redis-py it costs the web process about 90 µs of CPU in a tight loop
-(pool checkout and its readiness check, the retry wrapper, observability hooks,
-argument checks, response callbacks); packed by hiredis's ``pack_command`` and parsed by
-hiredis's ``Reader`` (the C code redis-py itself uses for both) on a plain socket, about
-22 µs. Under load that moved the ingest ratio from 0.55 to 0.68 (README, "Performance").
+script. Through redis-py it passes a pool checkout and its readiness check, the retry
+wrapper, observability hooks, argument checks and response callbacks; here it is packed
+by hiredis's ``pack_command`` and parsed by hiredis's ``Reader`` (the C code redis-py
+itself uses for both) on a plain socket. ``EventStore.accept`` costs 74-93 µs of CPU this
+way against 119-141 through redis-py (``bench/in_process.py``; README, "Performance").
 
 Only that call takes this path, and only on a ``redis://`` or ``unix://`` client:
 :func:`script_line_for` gives ``None`` for TLS, Redis Cluster and the embedded store,

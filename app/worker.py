@@ -80,12 +80,11 @@ for a = 3, #ARGV, 5 do
     if story then
       local code, copies = string.match(story, '^(%a)(%d*)')
       local event_type, entry = ARGV[a + 2], ARGV[a + 3]
-      if code == 'r' or code == 'd' then
+      local told = code == 'r' or code == 'd'  -- its entry id is packed already
+      if told or code == 'q' then
         event_type, entry = string.match(story, '^%a%d*|([^|]*)|([^|]*)')
-      else
-        if code == 'q' then
-          event_type, entry = string.match(story, '^%a%d*|([^|]*)|([^|]*)')
-        end
+      end
+      if not told then
         entry = packed_entry(entry)
       end
       local received = tonumber(string.match(entry, '^[^-]+'), 36)

@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis as redis_lib
@@ -67,7 +66,7 @@ def redis(redis_url: str) -> Iterator[redis_lib.Redis]:
 @pytest.fixture
 def proxy(redis: redis_lib.Redis, redis_url: str) -> Iterator[RedisProxy]:
     """A loopback proxy in front of the test Redis (counts sends, hangs, drops)."""
-    with redis_proxy(urlsplit(redis_url).port or 6379) as proxy:
+    with redis_proxy(redis_url) as proxy:
         yield proxy
 
 

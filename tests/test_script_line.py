@@ -19,6 +19,7 @@ from app.keys import KeySpace
 from app.script_line import ScriptLine, script_line_for
 from app.services import REDIS_DECODING
 from app.store import EventStore, IncomingEvent
+from tests.support.processes import free_port
 from tests.support.redis_cluster import RedisServer, redis_binaries_missing
 
 ECHO = "return {KEYS[1], ARGV[1]}"
@@ -91,7 +92,7 @@ def test_the_db_of_the_url_is_selected(redis, redis_url):
 
 def test_connections_are_reused_one_per_concurrent_call(redis, proxy, redis_url):
     redis.script_load(ECHO)
-    line = _line(_client(proxy.url(_db(redis_url))))
+    line = _line(_client(proxy.url))
 
     for n in range(5):
         line(keys=["k"], args=[str(n)])
@@ -103,7 +104,7 @@ def test_connections_are_reused_one_per_concurrent_call(redis, proxy, redis_url)
 def test_a_dropped_connection_is_replaced_once_and_the_call_made(redis, proxy, redis_url):
     incr = "return redis.call('INCR', KEYS[1])"
     redis.script_load(incr)
-    line = _line(_client(proxy.url(_db(redis_url))), incr)
+    line = _line(_client(proxy.url), incr)
     assert line(keys=["calls"], args=[]) == 1
 
     proxy.drop_connections()  # as a Redis restart does
@@ -114,7 +115,7 @@ def test_a_dropped_connection_is_replaced_once_and_the_call_made(redis, proxy, r
 
 
 def test_a_hanging_redis_times_out_and_its_late_reply_is_never_read(redis, proxy, redis_url):
-    line = _line(_client(proxy.url(_db(redis_url)), socket_timeout=0.3))
+    line = _line(_client(proxy.url, socket_timeout=0.3))
     assert line(keys=["k"], args=["before"]) == ["k", "before"]
 
     proxy.hang()
@@ -125,20 +126,11 @@ def test_a_hanging_redis_times_out_and_its_late_reply_is_never_read(redis, proxy
     assert line(keys=["k"], args=["after"]) == ["k", "after"]
 
 
-def test_nothing_listening_is_a_connection_error(unused_tcp_port):
-    client = _client(f"redis://127.0.0.1:{unused_tcp_port}/0", socket_connect_timeout=0.5)
+def test_nothing_listening_is_a_connection_error():
+    client = _client(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
 
     with pytest.raises(redis_lib.ConnectionError):
         _line(client)(keys=["k"], args=["v"])
-
-
-@pytest.fixture
-def unused_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -168,7 +160,7 @@ def test_credentials_of_the_url_are_sent_and_a_refusal_is_a_connection_error(
 
 def test_a_forked_child_opens_its_own_connection(redis, proxy, redis_url):
     redis.script_load(ECHO)
-    line = _line(_client(proxy.url(_db(redis_url))))
+    line = _line(_client(proxy.url))
     line(keys=["k"], args=["parent"])  # the parent's connection now waits, idle
 
     with warnings.catch_warnings():  # fork beside the proxy's threads: the child uses none
@@ -213,7 +205,7 @@ def test_other_clients_keep_redis_py(client):
 
 def test_the_event_store_queues_through_the_line(redis, proxy, redis_url):
     keys = KeySpace("cior", 2)
-    store = EventStore(_client(proxy.url(_db(redis_url))), keys, first_occurrence_only=True,
+    store = EventStore(_client(proxy.url), keys, first_occurrence_only=True,
                        dead_letter_max_entries=10)
     event = IncomingEvent("01LINE", "email_opened", "delivery-1", "42", '{"event_id":"01LINE"}')
     store.accept(event)  # loads the script through redis-py (NOSCRIPT), once

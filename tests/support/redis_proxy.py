@@ -11,13 +11,17 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 
 class RedisProxy:
-    def __init__(self, redis_port: int) -> None:
-        self._redis_port = redis_port
+    def __init__(self, redis_url: str) -> None:
+        """In front of the Redis of ``redis_url``; :attr:`url` is the same DB through it."""
+        where = urlsplit(redis_url)
+        self._redis_port = where.port or 6379
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}{where.path}"
         self.sends = 0
         self.connections = 0
         self._passing_replies = threading.Event()
@@ -25,9 +29,6 @@ class RedisProxy:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def hang(self) -> None:
         """Hold back Redis's replies (they are still read, and dropped)."""
@@ -78,8 +79,8 @@ class RedisProxy:
 
 
 @contextlib.contextmanager
-def redis_proxy(redis_port: int) -> Iterator[RedisProxy]:
-    proxy = RedisProxy(redis_port)
+def redis_proxy(redis_url: str) -> Iterator[RedisProxy]:
+    proxy = RedisProxy(redis_url)
     try:
         yield proxy
     finally:
