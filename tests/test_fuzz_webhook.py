@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app import queue_entry
 from app.services import services
-from app.webhooks.endpoint import MAX_JSON_DEPTH
+from app.webhooks.endpoint import MAX_JSON_DEPTH, parse_json
 from tests.support import strategies
 from tests.support.webhooks import SIGNING_KEY, signed_headers, webhook
 
@@ -251,3 +251,55 @@ def test_json_nested_as_deep_as_allowed_is_queued(client: Any) -> None:
     response = client.post(URL, data=body, headers=signed_headers(body))
 
     assert response.get_json()["status"] == "queued"
+
+
+# -- the body is read as Python's json reads it, though mostly by orjson -------------
+
+
+def _as_json_reads_it(body: bytes) -> tuple[Any, ...]:
+    """json.loads's answer (NaN and Infinity refused) as a flat list of (type, value), or
+    that it refused. Walked without recursion: bodies nest thousands deep."""
+    def refuse(name: str) -> Any:
+        raise ValueError(name)
+
+    return _reading(json.loads, body, parse_constant=refuse)
+
+
+def _reading(parse: Any, body: bytes, **options: Any) -> tuple[Any, ...]:
+    try:
+        value = parse(body, **options)
+    except (ValueError, RecursionError):
+        return ("refused",)
+    tokens: list[Any] = []
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            tokens.append(("dict", list(item)))
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            tokens.append(("list", len(item)))
+            pending.extend(item)
+        else:  # repr tells 1 from 1.0 and True, and -0.0 from 0.0
+            tokens.append((type(item).__name__, repr(item)))
+    return ("read", tokens)
+
+
+@FUZZ
+@given(body=bodies())
+def test_any_body_is_read_as_pythons_json_reads_it(body: bytes) -> None:
+    assert _reading(parse_json, body) == _as_json_reads_it(body)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a": 18446744073709551616}',  # past 64 bits: orjson would read a float
+    b'{"a": 123456789012345678901234567890, "b": 1}',
+    b'{"a": -9223372036854775809}',
+    b'{"a": 18446744073709551615, "b": -9223372036854775808}',
+    b'{"a": 1e999}', b'{"a": -1e999}', b'{"a": 1e-400}', b'{"a": NaN}', b'{"a": Infinity}',
+    b'{"a": "\\ud800"}', b'{"a": "\xed\xa0\x80"}', b'\xef\xbb\xbf{"a": 1}',
+    '{"a": "\u00e9"}'.encode("utf-16"), '{"a": 1}'.encode("utf-32"),
+    b'{"a": 1, "a": 2}', b'{"a": -0.0, "b": -0, "c": 1.0, "d": 1E2}', b"[" * 1100 + b"]" * 1100,
+])
+def test_bodies_orjson_reads_otherwise_are_read_as_json_reads_them(body: bytes) -> None:
+    assert _reading(parse_json, body) == _as_json_reads_it(body)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from marshmallow import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,6 +42,12 @@ _BULKY_FIELDS = ("content", "headers")
 # nested near Python's recursion limit could be parsed here yet not by the worker (or
 # not re-encoded here): it is quarantined instead.
 MAX_JSON_DEPTH = 64
+
+# A run of 19 digits may be an integer past 64 bits, which orjson reads as a float. To
+# find one, every digit becomes "9" and every other byte a space (a regular expression
+# took longer than json.loads itself).
+_ONLY_DIGITS = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_NUMBER = b"9" * 19
 
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
@@ -99,7 +106,7 @@ class WebhookEndpoint:
         except Exception:
             logger.exception("unexpected error")
             answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
-        body = json.dumps(answer.payload, separators=(",", ":")).encode()
+        body = _json_bytes(answer.payload)
         start_response(_STATUS_LINES[answer.status], [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
@@ -144,7 +151,7 @@ def receive_webhook(relay: Services, environ: dict[str, Any]) -> Answer:
                           "details": str(exc)}) from None
 
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
+        payload = parse_json(body)
     except (ValueError, RecursionError) as exc:  # ValueError includes UnicodeDecodeError
         return _quarantine(relay, body, "body is not JSON", {"_body": [str(exc)[:200]]})
     # Counting brackets is a C-speed scan that rules out deep nesting for nearly every body.
@@ -258,8 +265,31 @@ def _nested_too_deep(payload: Any) -> bool:
     return False
 
 
+def parse_json(body: bytes) -> Any:
+    """The body's JSON exactly as Python's json reads it, most often by orjson (faster).
+
+    orjson gives json's answer for any body it reads, except an integer past 64 bits (a
+    float to orjson): a body with a run of 19 digits goes to json. What orjson refuses,
+    json reads, refuses or reads: a BOM, UTF-16, lone surrogates, a number out of a
+    double's range, nesting past 1,024. NaN and Infinity are refused by both.
+    """
+    if _LONG_NUMBER not in body.translate(_ONLY_DIGITS):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body, parse_constant=_refuse_constant)
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(payload)
+    except TypeError:  # a lone surrogate in a message: json escapes it
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _queued_body(body: bytes, webhook: dict[str, Any]) -> str:
