@@ -8,7 +8,9 @@
    (gunicorn.conf.py applies to both). (b) gets distinct, freshly signed events.
    Prints requests/s, p50/p99 and the ratio (b)/(a); and, for reference, (c) a
    straightforward handler (bench/straightforward_app.py: HMAC, JSON, SET NX + XADD)
-   on the same events, so the relay's own work can be told from the round trip's.
+   on the same events, and (d) the bare endpoint plus one Redis PING
+   (bench/round_trip_app.py), what any handler making one round trip loses, so the
+   relay's own work can be told from the round trip's.
 2. Relay: a backlog of distinct events (each its own person: one batch per event, the
    worst case) drained by one `cio-relay worker` process into the loopback mParticle
    stand-in, next to the same backlog sent one POST per event; in turns, median of the
@@ -172,13 +174,14 @@ def start_web(env: dict[str, str], workdir: Path, app_path: str | None = None) -
     deployment = Deployment(env=process_env(env), workdir=workdir)
     if app_path:  # the same gunicorn command as the Procfile's web, another app
         command = ["gunicorn", "--bind", f"0.0.0.0:{deployment.port}", app_path]
-        log = (workdir / "bare.log").open("wb")
+        name = app_path.split(":")[0].rsplit(".", 1)[-1]
+        log = (workdir / f"{name}.log").open("wb")
         popen = subprocess.Popen(command, cwd=ROOT, env={**deployment.env,
                                  "PORT": str(deployment.port)}, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         from tests.support.processes import Process
 
-        deployment.processes.append(Process("bare", popen, workdir / "bare.log"))
+        deployment.processes.append(Process(name, popen, workdir / f"{name}.log"))
     else:
         deployment.start("web")
     deployment.wait_until_healthy() if not app_path else _wait_port(deployment)
@@ -211,15 +214,19 @@ def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[s
         env["GUNICORN_CMD_ARGS"] = os.environ["GUNICORN_CMD_ARGS"]
     client.flushdb()
     bare = start_web(env, work, "bench.bare_app:app")
+    round_trip = start_web(env, work, "bench.round_trip_app:app")
     relay = start_web(env, work)
     plain = start_web(env, work, "bench.straightforward_app:app")
+    servers = (bare, round_trip, relay, plain)
     rounds: list[dict[str, Any]] = []
     try:
-        for server in (bare, relay, plain):
+        for server in servers:
             run_wrk(server.url, warm, 2, args.connections, threads)
         for number in range(args.rounds):
             bare_result = run_wrk(bare.url, warm, args.seconds, args.connections, threads,
                                   bare, client)
+            round_trip_result = run_wrk(round_trip.url, warm, args.seconds, args.connections,
+                                        threads, round_trip, client)
             # Distinct events for every request the relay could possibly take in that time.
             distinct = max(int(bare_result["rps"] * args.seconds * 1.2), 5000)
             results = {"bare": bare_result}
@@ -231,23 +238,28 @@ def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[s
                 if name == "relay":
                     queued = sum(client.xlen(queue) for queue in KeySpace().queues())
             relay_result, plain_result = results["relay"], results["straightforward"]
-            rounds.append({**results, "queued": queued, "distinct_events": distinct,
+            rounds.append({**results, "round_trip": round_trip_result, "queued": queued,
+                           "distinct_events": distinct,
                            "ratio": relay_result["rps"] / bare_result["rps"],
                            "straightforward_ratio": plain_result["rps"] / bare_result["rps"],
+                           "round_trip_ratio": round_trip_result["rps"] / bare_result["rps"],
                            "cpu_ratio": _cpu_per_request(bare_result)
                            / _cpu_per_request(relay_result)})
             print(f"round {number + 1}: bare {bare_result['rps']:.0f}/s, relay "
                   f"{relay_result['rps']:.0f}/s, ratio {rounds[-1]['ratio']:.2f}; "
                   f"straightforward {plain_result['rps']:.0f}/s, ratio "
-                  f"{rounds[-1]['straightforward_ratio']:.2f}; CPU us/request "
-                  f"bare {_cpu_text(bare_result)}, relay {_cpu_text(relay_result)}, "
-                  f"straightforward {_cpu_text(plain_result)}", flush=True)
+                  f"{rounds[-1]['straightforward_ratio']:.2f}; one round trip "
+                  f"{round_trip_result['rps']:.0f}/s, ratio {rounds[-1]['round_trip_ratio']:.2f}"
+                  f"; CPU us/request bare {_cpu_text(bare_result)}, relay "
+                  f"{_cpu_text(relay_result)}, straightforward {_cpu_text(plain_result)}, "
+                  f"one round trip {_cpu_text(round_trip_result)}", flush=True)
     finally:
-        for server in (bare, relay, plain):
+        for server in servers:
             server.stop_all()
     median_round = sorted(rounds, key=lambda result: result["ratio"])[len(rounds) // 2]
     return {**median_round, "ratios": [result["ratio"] for result in rounds],
             "straightforward_ratios": [result["straightforward_ratio"] for result in rounds],
+            "round_trip_ratios": [result["round_trip_ratio"] for result in rounds],
             "cpu_ratio": _median([result["cpu_ratio"] for result in rounds])}
 
 
@@ -422,16 +434,18 @@ def print_ingest(args: argparse.Namespace, ingest: dict[str, Any]) -> None:
           f"wrk -t2 -c{args.connections} -d{args.seconds}s")
     print("| ingest | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|")
-    plain = ingest["straightforward"]
+    plain, round_trip = ingest["straightforward"], ingest["round_trip"]
     for name, result in (("(a) bare Flask, reads the body", bare),
                          ("(b) relay webhook, distinct signed events", relay),
-                         ("(c) for reference: a straightforward handler", plain)):
+                         ("(c) for reference: a straightforward handler", plain),
+                         ("(d) for reference: (a) + one Redis PING", round_trip)):
         print(f"| {name} | {result['rps']:.0f} | {result['p50_us'] / 1000:.2f} | "
               f"{result['p99_us'] / 1000:.2f} | {result['errors'] + result['non2xx']} |")
     print(f"ratio (b)/(a), median of {len(ingest['ratios'])} rounds: {ingest['ratio']:.2f} "
           f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ingest['ratios'])})")
     print(f"for reference, (c)/(a): "
-          f"{', '.join(f'{ratio:.2f}' for ratio in ingest['straightforward_ratios'])}")
+          f"{', '.join(f'{ratio:.2f}' for ratio in ingest['straightforward_ratios'])}; "
+          f"(d)/(a): {', '.join(f'{ratio:.2f}' for ratio in ingest['round_trip_ratios'])}")
     print(f"CPU time per request (gunicorn + wrk + Redis), bare/relay, median: "
           f"{ingest['cpu_ratio']:.2f}; median round: bare {_cpu_text(bare)}, "
           f"relay {_cpu_text(relay)} us")
