@@ -4,8 +4,9 @@ A webhook makes one Redis call, always the same command: ``EVALSHA`` of the acce
 script. Through redis-py it passes a pool checkout and its readiness check, the retry
 wrapper, observability hooks, argument checks and response callbacks; here it is packed
 by hiredis's ``pack_command`` and parsed by hiredis's ``Reader`` (the C code redis-py
-itself uses for both) on a plain socket. ``EventStore.accept`` costs 74-93 µs of CPU this
-way against 119-141 through redis-py (``bench/in_process.py``; README, "Performance").
+itself uses for both) on a plain socket, which times out by the kernel's timers rather
+than Python's poll. ``EventStore.accept`` costs 84-91 µs of CPU this way against 180-198
+through redis-py (``bench/in_process.py``; README, "Performance").
 
 Only that call takes this path, and only on a ``redis://`` or ``unix://`` client:
 :func:`script_line_for` gives ``None`` for TLS, Redis Cluster and the embedded store,

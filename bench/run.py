@@ -1,6 +1,6 @@
 """Benchmark the relay on this machine, in one run, and print the figures for the README.
 
-    python bench/run.py [--only ingest|relay|memory] [--rounds 3] [--seconds 10] [--connections 16]
+    python bench/run.py [--only ingest|relay|memory] [--rounds 5] [--seconds 10] [--connections 16]
                         [--backlog 10000] [--memory-events 100000]
 
 1. Ingest: wrk POSTs to (a) a bare Flask endpoint that only reads the body and (b) the
@@ -8,9 +8,10 @@
    (gunicorn.conf.py applies to both). (b) gets distinct, freshly signed events.
    Prints requests/s, p50/p99 and the ratio (b)/(a); and, for reference, (c) a
    straightforward handler (bench/straightforward_app.py: HMAC, JSON, SET NX + XADD)
-   on the same events, and (d) the bare endpoint plus one Redis PING
-   (bench/round_trip_app.py), what any handler making one round trip loses, so the
-   relay's own work can be told from the round trip's.
+   on events of its own; (d) the bare endpoint plus one Redis PING
+   (bench/round_trip_app.py), what any handler making one round trip loses; and (e)
+   the relay with a PING in place of its script (bench/relay_ping_app.py): (d) to (e)
+   is the relay's own work, (e) to (b) its script's.
 2. Relay: a backlog of distinct events (each its own person: one batch per event, the
    worst case) drained by one `cio-relay worker` process into the loopback mParticle
    stand-in, next to the same backlog sent one POST per event; in turns, median of the
@@ -200,8 +201,20 @@ def _wait_port(deployment: Deployment) -> None:
     raise RuntimeError("bare app did not start")
 
 
+# Servers measured beside (a) and (b), for reference: what each tells apart.
+REFERENCES = (
+    # name, label, app, gets distinct events (else the warm-up's, over and over)
+    ("straightforward", "(c) for reference: a straightforward handler",
+     "bench.straightforward_app:app", True),
+    ("round_trip", "(d) for reference: (a) + one Redis PING", "bench.round_trip_app:app",
+     False),
+    ("relay_ping", "(e) for reference: the relay, a PING for its script",
+     "bench.relay_ping_app:app", False),
+)
+
+
 def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[str, Any]:
-    """Both servers up at once, measured in turns: a busy machine slows both alike."""
+    """Every server up at once, measured in turns: a busy machine slows them alike."""
     client = redis.Redis.from_url(redis_url, **REDIS_DECODING)
     threads = 2
     warm = write_signed_events(work, 3000, threads, "warm")
@@ -210,56 +223,46 @@ def bench_ingest(args: argparse.Namespace, redis_url: str, work: Path) -> dict[s
     settings_file.write_text('[logging]\nlevel = "INFO"\nformat = "json"\n')
     env = {"REDIS_URL": redis_url, "CIO_WEBHOOK_SIGNING_KEYS": SIGNING_KEY,
            "RELAY_SETTINGS": str(settings_file)}
-    if os.environ.get("GUNICORN_CMD_ARGS"):  # to compare worker settings: both servers get it
+    if os.environ.get("GUNICORN_CMD_ARGS"):  # to compare worker settings: all servers get it
         env["GUNICORN_CMD_ARGS"] = os.environ["GUNICORN_CMD_ARGS"]
     client.flushdb()
-    bare = start_web(env, work, "bench.bare_app:app")
-    round_trip = start_web(env, work, "bench.round_trip_app:app")
-    relay = start_web(env, work)
-    plain = start_web(env, work, "bench.straightforward_app:app")
-    servers = (bare, round_trip, relay, plain)
+    servers = {"bare": start_web(env, work, "bench.bare_app:app"), "relay": start_web(env, work)}
+    for name, _, app_path, _ in REFERENCES:
+        servers[name] = start_web(env, work, app_path)
+    distinct_for = {"bare": False, "relay": True,
+                    **{name: distinct for name, _, _, distinct in REFERENCES}}
     rounds: list[dict[str, Any]] = []
     try:
-        for server in servers:
+        for server in servers.values():
             run_wrk(server.url, warm, 2, args.connections, threads)
         for number in range(args.rounds):
-            bare_result = run_wrk(bare.url, warm, args.seconds, args.connections, threads,
-                                  bare, client)
-            round_trip_result = run_wrk(round_trip.url, warm, args.seconds, args.connections,
-                                        threads, round_trip, client)
-            # Distinct events for every request the relay could possibly take in that time.
-            distinct = max(int(bare_result["rps"] * args.seconds * 1.2), 5000)
-            results = {"bare": bare_result}
-            for name, server in (("relay", relay), ("straightforward", plain)):
-                events = write_signed_events(work, distinct, threads, f"{name}{number}")
-                client.flushdb()
+            results: dict[str, Any] = {}
+            for name, server in servers.items():
+                events = warm
+                if distinct_for[name]:
+                    # Distinct events for every request it could possibly take in that time.
+                    distinct = max(int(results["bare"]["rps"] * args.seconds * 1.2), 5000)
+                    events = write_signed_events(work, distinct, threads, f"{name}{number}")
+                    client.flushdb()
                 results[name] = run_wrk(server.url, events, args.seconds, args.connections,
                                         threads, server, client)
                 if name == "relay":
                     queued = sum(client.xlen(queue) for queue in KeySpace().queues())
-            relay_result, plain_result = results["relay"], results["straightforward"]
-            rounds.append({**results, "round_trip": round_trip_result, "queued": queued,
-                           "distinct_events": distinct,
-                           "ratio": relay_result["rps"] / bare_result["rps"],
-                           "straightforward_ratio": plain_result["rps"] / bare_result["rps"],
-                           "round_trip_ratio": round_trip_result["rps"] / bare_result["rps"],
-                           "cpu_ratio": _cpu_per_request(bare_result)
-                           / _cpu_per_request(relay_result)})
-            print(f"round {number + 1}: bare {bare_result['rps']:.0f}/s, relay "
-                  f"{relay_result['rps']:.0f}/s, ratio {rounds[-1]['ratio']:.2f}; "
-                  f"straightforward {plain_result['rps']:.0f}/s, ratio "
-                  f"{rounds[-1]['straightforward_ratio']:.2f}; one round trip "
-                  f"{round_trip_result['rps']:.0f}/s, ratio {rounds[-1]['round_trip_ratio']:.2f}"
-                  f"; CPU us/request bare {_cpu_text(bare_result)}, relay "
-                  f"{_cpu_text(relay_result)}, straightforward {_cpu_text(plain_result)}, "
-                  f"one round trip {_cpu_text(round_trip_result)}", flush=True)
+            bare_rps = results["bare"]["rps"]
+            rounds.append({**results, "queued": queued, "distinct_events": distinct,
+                           "ratios": {name: result["rps"] / bare_rps
+                                      for name, result in results.items()},
+                           "cpu_ratio": _cpu_per_request(results["bare"])
+                           / _cpu_per_request(results["relay"])})
+            print(f"round {number + 1}: " + "; ".join(
+                f"{name} {result['rps']:.0f}/s, ratio {rounds[-1]['ratios'][name]:.2f}, CPU "
+                f"us/request {_cpu_text(result)}" for name, result in results.items()),
+                flush=True)
     finally:
-        for server in servers:
+        for server in servers.values():
             server.stop_all()
-    median_round = sorted(rounds, key=lambda result: result["ratio"])[len(rounds) // 2]
-    return {**median_round, "ratios": [result["ratio"] for result in rounds],
-            "straightforward_ratios": [result["straightforward_ratio"] for result in rounds],
-            "round_trip_ratios": [result["round_trip_ratio"] for result in rounds],
+    median_round = sorted(rounds, key=lambda result: result["ratios"]["relay"])[len(rounds) // 2]
+    return {**median_round, "rounds": rounds,
             "cpu_ratio": _median([result["cpu_ratio"] for result in rounds])}
 
 
@@ -387,7 +390,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--memory-events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="rounds in turns: bare then relay (ingest), bulk then one POST "
                              "per event (relay); medians are reported")
     parser.add_argument("--only", choices=["ingest", "relay", "memory"],
@@ -434,18 +437,21 @@ def print_ingest(args: argparse.Namespace, ingest: dict[str, Any]) -> None:
           f"wrk -t2 -c{args.connections} -d{args.seconds}s")
     print("| ingest | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|")
-    plain, round_trip = ingest["straightforward"], ingest["round_trip"]
-    for name, result in (("(a) bare Flask, reads the body", bare),
-                         ("(b) relay webhook, distinct signed events", relay),
-                         ("(c) for reference: a straightforward handler", plain),
-                         ("(d) for reference: (a) + one Redis PING", round_trip)):
-        print(f"| {name} | {result['rps']:.0f} | {result['p50_us'] / 1000:.2f} | "
+    labels = [("bare", "(a) bare Flask, reads the body"),
+              ("relay", "(b) relay webhook, distinct signed events"),
+              *((name, label) for name, label, _, _ in REFERENCES)]
+    for name, label in labels:
+        result = ingest[name]
+        print(f"| {label} | {result['rps']:.0f} | {result['p50_us'] / 1000:.2f} | "
               f"{result['p99_us'] / 1000:.2f} | {result['errors'] + result['non2xx']} |")
-    print(f"ratio (b)/(a), median of {len(ingest['ratios'])} rounds: {ingest['ratio']:.2f} "
-          f"(rounds: {', '.join(f'{ratio:.2f}' for ratio in ingest['ratios'])})")
-    print(f"for reference, (c)/(a): "
-          f"{', '.join(f'{ratio:.2f}' for ratio in ingest['straightforward_ratios'])}; "
-          f"(d)/(a): {', '.join(f'{ratio:.2f}' for ratio in ingest['round_trip_ratios'])}")
+
+    def ratios_of(name: str) -> str:
+        return ", ".join(f"{result['ratios'][name]:.2f}" for result in ingest["rounds"])
+
+    print(f"ratio (b)/(a), median of {len(ingest['rounds'])} rounds: "
+          f"{ingest['ratios']['relay']:.2f} (rounds: {ratios_of('relay')})")
+    for name, label, _, _ in REFERENCES:
+        print(f"for reference, {label[:3]}/(a), same rounds: {ratios_of(name)}")
     print(f"CPU time per request (gunicorn + wrk + Redis), bare/relay, median: "
           f"{ingest['cpu_ratio']:.2f}; median round: bare {_cpu_text(bare)}, "
           f"relay {_cpu_text(relay)} us")
