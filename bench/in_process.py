@@ -1,13 +1,14 @@
 """CPU per request in one process, no HTTP server: bare Flask vs the relay's webhook route.
 
-    python bench/in_process.py [--events 10000] [--profile]
+    python bench/in_process.py [--events 10000] [--profile] [--parts]
 
 Calls each WSGI app directly (``app(environ, start_response)``) with distinct signed
 events on a real Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/14, flushed),
 and prints microseconds of CPU per request: bare Flask, the relay, and the relay with
 its Redis call left out (what the route costs by itself); then ``EventStore.accept``
 alone, its script called on the store's own connections (app/script_line.py) and
-through redis-py. ``--profile`` adds cProfile on the CPU clock for the relay. The
+through redis-py. ``--profile`` adds cProfile on the CPU clock for the relay;
+``--parts`` times the route's steps one by one, each on every request's own data. The
 README's in-process figures come from here.
 """
 
@@ -22,12 +23,14 @@ import pstats
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import hiredis  # noqa: E402
 import redis  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -71,10 +74,52 @@ def accept_cpu(store: Any, run: str, count: int) -> float:
     return (time.process_time() - started) / (count - 1) * 1e6
 
 
+def time_parts(relay: Any, requests: list[tuple[bytes, str, str]]) -> None:
+    """CPU per call of each step of the webhook route, on every request's own data."""
+    from app import mapping, queue_entry
+    from app.webhooks import endpoint
+    from app.webhooks.schemas import load_webhook
+    from app.webhooks.signature import verify_signature
+
+    relay_services = services(relay)
+    signing_keys = relay_services.settings.secrets.signing_keys
+    bodies = [body for body, _, _ in requests]
+    webhooks = [load_webhook(json.loads(body)) for body in bodies]
+    keys = relay_services.event_store._keys
+    line = relay_services.event_store._accept_call
+    answer = {"status": "queued", "event_id": webhooks[0]["event_id"], "event": "email_opened"}
+    log = {"event_id": webhooks[0]["event_id"], "event": "email_opened", "outcome": "queued"}
+    ping = hiredis.pack_command(("PING",))
+    parts: dict[str, Callable[[int], Any]] = {
+        "signature": lambda n: verify_signature(
+            bodies[n], requests[n][1], requests[n][2], signing_keys,
+            tolerance_seconds=300, now=time.time()),
+        "body read (orjson, as json reads it)": lambda n: endpoint.parse_json(bodies[n]),
+        "body read by json.loads, for comparison": lambda n: json.loads(bodies[n]),
+        "envelope check": lambda n: load_webhook(json.loads(bodies[n])),
+        "routing key": lambda n: mapping.routing_key(webhooks[n]),
+        "queued body, deflated": lambda n: queue_entry.pack(bodies[n].decode()),
+        "bucket keys": lambda n: (keys.mark_buckets(0, webhooks[n]["event_id"], time.time()),
+                                  keys.first_buckets(0, "delivery", time.time())),
+        "answer (orjson)": lambda n: endpoint._json_bytes(answer),
+        "answer by json.dumps, for comparison": lambda n: json.dumps(
+            answer, separators=(",", ":")).encode(),
+        "log line": lambda n: endpoint._log_request(
+            endpoint.Answer(202, answer, dict(log)), "0123456789ab", time.perf_counter()),
+        "a PING on the script line": lambda n: line._call(ping),
+    }
+    for name, part in parts.items():
+        started = time.process_time()
+        for n in range(len(requests)):
+            part(n)
+        print(f"  {name}: {(time.process_time() - started) / len(requests) * 1e6:.1f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--parts", action="store_true")
     args = parser.parse_args()
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
     redis.Redis.from_url(redis_url).flushdb()
@@ -105,6 +150,9 @@ def main() -> None:
         store._accept_call = call
         print(f"EventStore.accept, {path}: {accept_cpu(store, path, args.events // 2):.1f} us")
     store._accept_call = line
+    if args.parts:
+        print("the route's steps, CPU per call:")
+        time_parts(relay, requests)
     if args.profile:
         redis.Redis.from_url(redis_url).flushdb()
         profile = cProfile.Profile(time.process_time)
