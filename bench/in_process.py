@@ -101,7 +101,7 @@ def time_parts(relay: Any, requests: list[tuple[bytes, str, str]]) -> None:
         "queued body, deflated": lambda n: queue_entry.pack(bodies[n].decode()),
         "bucket keys": lambda n: (keys.mark_buckets(0, webhooks[n]["event_id"], time.time()),
                                   keys.first_buckets(0, "delivery", time.time())),
-        "answer (orjson)": lambda n: endpoint._json_bytes(answer),
+        "answer (orjson)": lambda n: endpoint.encode_answer(answer),
         "answer by json.dumps, for comparison": lambda n: json.dumps(
             answer, separators=(",", ":")).encode(),
         "log line": lambda n: endpoint._log_request(

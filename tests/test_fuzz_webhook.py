@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app import queue_entry
 from app.services import services
-from app.webhooks.endpoint import MAX_JSON_DEPTH, parse_json
+from app.webhooks.endpoint import MAX_JSON_DEPTH, encode_answer, parse_json
 from tests.support import strategies
 from tests.support.webhooks import SIGNING_KEY, signed_headers, webhook
 
@@ -303,3 +303,12 @@ def test_any_body_is_read_as_pythons_json_reads_it(body: bytes) -> None:
 ])
 def test_bodies_orjson_reads_otherwise_are_read_as_json_reads_them(body: bytes) -> None:
     assert _reading(parse_json, body) == _as_json_reads_it(body)
+
+
+@pytest.mark.parametrize("payload", [
+    {"status": "queued", "event_id": "01J", "event": "email_sent"},
+    {"details": {"data": {0: ["not a string"]}}},  # marshmallow keys list items by index
+    {"details": {"_body": ["bad \ud800 text"]}},
+])
+def test_answers_are_json_whatever_they_carry(payload: dict[str, Any]) -> None:
+    assert json.loads(encode_answer(payload)) == json.loads(json.dumps(payload))

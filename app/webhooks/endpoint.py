@@ -106,7 +106,7 @@ class WebhookEndpoint:
         except Exception:
             logger.exception("unexpected error")
             answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
-        body = _json_bytes(answer.payload)
+        body = encode_answer(answer.payload)
         start_response(_STATUS_LINES[answer.status], [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
@@ -285,10 +285,11 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _json_bytes(payload: dict[str, Any]) -> bytes:
+def encode_answer(payload: dict[str, Any]) -> bytes:
+    """The JSON body of an answer (orjson; the standard encoder for what it refuses)."""
     try:
         return orjson.dumps(payload)
-    except TypeError:  # a lone surrogate in a message: json escapes it
+    except TypeError:  # orjson refuses a lone surrogate, or a key that is not a str
         return json.dumps(payload, separators=(",", ":")).encode()
 
 
