@@ -129,10 +129,10 @@ class _Line:
 def _set_timeout(sock: socket.socket, seconds: float | None) -> None:
     """Time out a send or a receive after ``seconds``: the kernel's timer, not Python's.
 
-    Python's ``settimeout`` polls the socket before every send and every receive, two
-    system calls a webhook that the kernel's own timeouts (SO_SNDTIMEO, SO_RCVTIMEO) do
-    without (2 µs of CPU a round trip in process, a sixth of it). A timed-out call then
-    fails with EAGAIN (``BlockingIOError``) instead of ``TimeoutError``.
+    With Python's ``settimeout``, every send and every receive first polls the socket:
+    two system calls a round trip more than with the kernel's own timeouts (SO_SNDTIMEO,
+    SO_RCVTIMEO). A call that times out then fails with EAGAIN (``BlockingIOError``)
+    instead of ``TimeoutError``.
     """
     sock.settimeout(None)  # blocking: the kernel waits, up to its timeouts
     if seconds is None:

@@ -391,7 +391,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--memory-events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds in turns: bare then relay (ingest), bulk then one POST "
+                        help="rounds in turns: each server (ingest), bulk then one POST "
                              "per event (relay); medians are reported")
     parser.add_argument("--only", choices=["ingest", "relay", "memory"],
                         help="run one part (for profiling); the README's figures are a full run")

@@ -269,9 +269,9 @@ def parse_json(body: bytes) -> Any:
     """The body's JSON exactly as Python's json reads it, most often by orjson (faster).
 
     orjson gives json's answer for any body it reads, except an integer past 64 bits (a
-    float to orjson): a body with a run of 19 digits goes to json. What orjson refuses,
-    json reads, refuses or reads: a BOM, UTF-16, lone surrogates, a number out of a
-    double's range, nesting past 1,024. NaN and Infinity are refused by both.
+    float to orjson): a body with a run of 19 digits goes to json. So does a body orjson
+    refuses, and json reads or refuses it as before: a BOM, UTF-16, lone surrogates, a
+    number out of a double's range, nesting past 1,024. Both refuse NaN and Infinity.
     """
     if _LONG_NUMBER not in body.translate(_ONLY_DIGITS):
         try:
