@@ -137,10 +137,8 @@ def _set_timeout(sock: socket.socket, seconds: float | None) -> None:
     sock.settimeout(None)  # blocking: the kernel waits, up to its timeouts
     if seconds is None:
         return
-    whole = int(seconds)
-    interval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-    if interval == struct.pack("ll", 0, 0):  # zero would mean "never time out"
-        interval = struct.pack("ll", 0, 1)
+    microseconds = max(1, round(seconds * 1_000_000))  # zero would mean "never time out"
+    interval = struct.pack("ll", *divmod(microseconds, 1_000_000))  # a struct timeval
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
 
