@@ -1,1 +1,0 @@
-"""Receiving Customer.io reporting webhooks: signature, schema, the view."""
