@@ -1,11 +1,16 @@
-"""cio-mparticle-relay: Customer.io reporting webhooks -> mParticle custom events."""
+"""cio-mparticle-relay: Customer.io reporting webhooks -> mParticle custom events.
+
+``create_app`` is the composition root: the only module that wires every package
+together (the console included). Packages below it: ``store`` (the only one that speaks
+Redis), ``relay`` (the direction-neutral worker), one package per direction
+(``to_mparticle``), ``support`` (replay, the CLI) and ``admin`` (API and console).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -35,16 +40,17 @@ def create_app(
         _check_web_settings(settings)
 
     app = Flask(__name__)
+    # The largest body of any route but a webhook, which sets its own.
     app.config["MAX_CONTENT_LENGTH"] = settings.webhook["max_body_bytes"]
     _register_request_ids(app)
-    init_services(app, settings, redis_client)
+    relay = init_services(app, settings, redis_client)
+    if role == "web":
+        relay.require_redis_that_keeps_data()
     _register_blueprints(app)
-    register_error_handlers(app)
+    _register_error_handlers(app)
     _register_cli(app)
-    start_worker = None
     if settings.embedded and role == "web":
-        start_worker = _start_embedded_worker_on_first_request(app)
-    _serve_webhooks_in_front(app, start_worker)
+        _start_embedded_worker_on_first_request(app)
     return app
 
 
@@ -90,31 +96,32 @@ def _register_blueprints(app: Flask) -> None:
     from app.admin.api import blueprint as admin_api
     from app.admin.console import init_console
     from app.health import blueprint as health
+    from app.to_mparticle.webhook import blueprint as customerio_webhook
 
+    app.register_blueprint(customerio_webhook)
     app.register_blueprint(health)
     app.register_blueprint(admin_api)
     init_console(app)  # the web console, its session and CSRF checks
 
 
-def _serve_webhooks_in_front(app: Flask, on_request: Callable[[], None] | None) -> None:
-    """The webhook route as plain WSGI before Flask (see app.webhooks.endpoint)."""
-    from app.webhooks.endpoint import WebhookEndpoint
+def _register_error_handlers(app: Flask) -> None:
+    from app.admin.console import CONSOLE_PATH, error_page
 
-    app.wsgi_app = WebhookEndpoint(app.wsgi_app, services(app), on_request)  # type: ignore[method-assign]
+    # A console URL that matches no page is a person in a browser: the console's page.
+    register_error_handlers(app, html_pages={CONSOLE_PATH: error_page})
 
 
 def _register_cli(app: Flask) -> None:
-    from app.cli import register_commands
+    from app.support.cli import register_commands
 
     register_commands(app)
 
 
-def _start_embedded_worker_on_first_request(app: Flask) -> Callable[[], None]:
+def _start_embedded_worker_on_first_request(app: Flask) -> None:
     """On the embedded default the worker is a thread of the web process.
 
     It starts with the first request, so it runs in the serving process (after
-    gunicorn forks) and never in a CLI command that merely loads the app. Returns the
-    starter, which the webhook route (served before Flask) calls too.
+    gunicorn forks) and never in a CLI command that merely loads the app.
     """
     lock = threading.Lock()
 
@@ -125,13 +132,9 @@ def _start_embedded_worker_on_first_request(app: Flask) -> Callable[[], None]:
         with lock:
             if "worker_thread" in services(app).extras:
                 return
-            from app.runner import build_worker
-
-            worker = build_worker(app)
+            worker = services(app).build_worker()
             thread = threading.Thread(target=worker.run, name="relay-worker", daemon=True)
             services(app).extras["worker"] = worker
             services(app).extras["worker_thread"] = thread
             thread.start()
             logger.info("embedded worker started in this process")
-
-    return start_worker_once

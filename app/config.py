@@ -16,8 +16,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from app import catalog
-from app.mparticle import REGION_BASE_URLS
+from app.to_mparticle import catalog
+from app.to_mparticle.client import REGION_BASE_URLS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings.toml"
@@ -26,6 +26,10 @@ DAY = 24 * 60 * 60
 
 # Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every 10 h; never dropped.
 DEFAULT_RETRY_SCHEDULE_SECONDS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+
+# The admin token opens every admin action, so it must be out of reach of guessing even
+# without the throttle: at least 32 characters (``openssl rand -hex 32`` gives 64).
+ADMIN_TOKEN_MIN_LENGTH = 32
 
 
 class ConfigError(Exception):
@@ -123,6 +127,7 @@ class RedisSection(_Section):
     key_prefix = fields.String(load_default="cior", validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
     socket_timeout_seconds = _positive_float(2.0)
     toggle_refresh_seconds = _positive_float(1.0)
+    memory_warning_percent = _positive_float(80.0)
 
 
 class LoggingSection(_Section):
@@ -305,5 +310,17 @@ def _load_secrets(env: Mapping[str, str]) -> Secrets:
         signing_keys=keys,
         mparticle_api_key=api_key,
         mparticle_api_secret=api_secret,
-        admin_token=env.get("RELAY_ADMIN_TOKEN", "").strip(),
+        admin_token=_admin_token(env),
     )
+
+
+def _admin_token(env: Mapping[str, str]) -> str:
+    """RELAY_ADMIN_TOKEN, refused when short enough to guess; empty turns the admin off."""
+    token = env.get("RELAY_ADMIN_TOKEN", "").strip()
+    if token and len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        raise ConfigError(
+            f"RELAY_ADMIN_TOKEN is too short: it must be at least {ADMIN_TOKEN_MIN_LENGTH} "
+            "characters (e.g. openssl rand -hex 32), or unset to turn the admin API and "
+            "console off"
+        )
+    return token

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, request
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
+
+from app.services import metrics
+from app.store.redis_health import FULL_ERRORS, UNAVAILABLE_ERRORS
 
 logger = logging.getLogger(__name__)
 
-CONSOLE_PATH = "/admin/console/"
-
-# Answers shared with the webhook route, which is served before Flask (and its handlers).
+# Answers shared by the handlers below and the webhook views, which answer these
+# themselves so that their own log line says so.
 REDIS_UNAVAILABLE = {
     "error": "service unavailable",
     "details": "the queue (Redis) cannot be reached; retry later",
+}
+REDIS_FULL = {
+    "error": "service unavailable",
+    "details": "the queue (Redis) is full and refuses writes; retry later",
 }
 INTERNAL_ERROR = {"error": "internal error", "details": None}
 
@@ -30,18 +35,21 @@ def json_response(payload: dict[str, Any], status: int) -> Response:
     )
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Answer every error as JSON; Redis being unreachable is a 503 so senders retry."""
+def register_error_handlers(
+    app: Flask, html_pages: Mapping[str, Callable[[HTTPException], Any]] | None = None
+) -> None:
+    """Answer every error as JSON; Redis being unreachable is a 503 so senders retry.
+
+    ``html_pages`` maps a path prefix to the page that answers HTTP errors under it
+    instead (the console's, for a person in a browser).
+    """
+    pages = dict(html_pages or {})
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
-        if request.path.startswith(CONSOLE_PATH):
-            # A console URL that matches no page (a typo, an old bookmark) is a person
-            # in a browser: answer with the console's page, not JSON. The console's own
-            # errors never get here; its blueprint handles them.
-            from app.admin.console import error_page
-
-            return error_page(exc)
+        for prefix, page in pages.items():
+            if request.path.startswith(prefix):
+                return page(exc)
         response = json_response(
             {"error": (exc.name or "error").lower(), "details": exc.description}, exc.code or 500
         )
@@ -49,14 +57,20 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
-    @app.errorhandler(RedisConnectionError)
-    @app.errorhandler(RedisTimeoutError)
     def redis_unavailable(exc: Exception) -> Response:
         logger.error("redis unavailable: %s", exc.__class__.__name__)
-        from app.services import metrics
-
         metrics(app).rejected_for["redis_unavailable"].inc()
         return json_response(REDIS_UNAVAILABLE, 503)
+
+    def redis_full(exc: Exception) -> Response:
+        logger.error("redis is full (maxmemory): a write was refused")
+        metrics(app).rejected_for["redis_full"].inc()
+        return json_response(REDIS_FULL, 503)
+
+    for error in UNAVAILABLE_ERRORS:
+        app.register_error_handler(error, redis_unavailable)
+    for error in FULL_ERRORS:
+        app.register_error_handler(error, redis_full)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception) -> Response:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app
 from redis.exceptions import RedisError
 
 from app.errors import json_response
 from app.metrics import render_metrics
 from app.services import services
+from app.store import redis_health
+from app.store.redis_health import UNAVAILABLE_ERRORS
 
 blueprint = Blueprint("health", __name__)
 
@@ -20,25 +24,41 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 def readyz() -> Response:
-    """Ready when Redis answers and mParticle has not refused the credentials."""
+    """Ready when Redis takes writes and keeps them, and mParticle takes the credentials.
+
+    Not ready while Redis is unreachable, a Redis Cluster's state is not ok, Redis is
+    full (maxmemory under noeviction: it refuses writes), its policy may evict the
+    relay's data, or mParticle refuses the credentials.
+    """
     relay = services(current_app)
     try:
         relay.redis.ping()
+        problem = redis_health.cluster_problem(relay.redis)
+        memory = redis_health.memory_state(relay.redis)
         auth = relay.redis.get(relay.keys.mparticle_auth)
-    except RedisError as exc:
-        return json_response(
-            {"status": "not ready", "redis": f"unreachable ({exc.__class__.__name__})"}, 503
-        )
+    except (*UNAVAILABLE_ERRORS, RedisError) as exc:
+        return _not_ready(redis=f"unreachable ({exc.__class__.__name__})")
+    problem = problem or redis_health.eviction_problem(memory)
+    if problem is None and memory is not None and memory.full:
+        problem = (f"full: {memory.used_bytes} of {memory.max_bytes} bytes used, writes "
+                   "are refused (webhooks answered 503) until the worker drains the queue")
+    if problem:
+        return _not_ready(redis=problem)
     if auth:
-        return json_response(
-            {"status": "not ready", "redis": "ok",
-             "mparticle": f"credentials refused ({auth}); sending is paused"}, 503
-        )
-    return json_response({"status": "ready", "redis": "ok", "mparticle": "ok"}, 200)
+        return _not_ready(redis="ok",
+                          mparticle=f"credentials refused ({auth}); sending is paused")
+    ready: dict[str, Any] = {"status": "ready", "redis": "ok", "mparticle": "ok"}
+    if memory is not None and memory.used_ratio is not None:
+        ready["redis_memory_used_percent"] = round(memory.used_ratio * 100, 1)
+    return json_response(ready, 200)
+
+
+def _not_ready(**parts: str) -> Response:
+    return json_response({"status": "not ready", **parts}, 503)
 
 
 @blueprint.get("/metrics")
 def prometheus_metrics() -> Response:
-    """Prometheus text: webhook outcomes, relay counters, queue depth."""
+    """Prometheus text: webhook outcomes, relay counters, queue depth, Redis memory."""
     relay = services(current_app)
-    return Response(render_metrics(relay.queue_stats), mimetype="text/plain; version=0.0.4")
+    return Response(render_metrics(relay.scrape_stats), mimetype="text/plain; version=0.0.4")

@@ -23,7 +23,9 @@ from prometheus_client.registry import REGISTRY, Collector
 
 # Outcomes of a webhook (the contract's words) and reasons one is refused before that.
 WEBHOOK_OUTCOMES = ("queued", "duplicate", "suppressed", "ignored", "quarantined")
-REJECT_REASONS = ("signature", "body_too_large", "redis_unavailable")
+REJECT_REASONS = (
+    "signature", "stale_timestamp", "body_too_large", "redis_unavailable", "redis_full",
+)
 
 
 class RelayMetrics:
@@ -76,7 +78,16 @@ class QueueCollector(Collector):
         pending.add_metric([], stats["pending"])
         dead = GaugeMetricFamily("cio_relay_dead_letters", "Entries in the dead-letter store")
         dead.add_metric([], stats["dead_letters"])
-        return [depth, pending, dead]
+        families = [depth, pending, dead]
+        if "redis_memory_used_bytes" in stats:
+            used = GaugeMetricFamily("cio_relay_redis_memory_used_bytes",
+                                     "Redis used_memory (the fullest node of a cluster)")
+            used.add_metric([], stats["redis_memory_used_bytes"])
+            limit = GaugeMetricFamily("cio_relay_redis_memory_max_bytes",
+                                      "Redis maxmemory (0: no limit)")
+            limit.add_metric([], stats["redis_memory_max_bytes"])
+            families += [used, limit]
+        return families
 
 
 def render_metrics(queue_stats: Any) -> bytes:

@@ -1,7 +1,8 @@
 """Builds the relay's services once per app and hands them out; the seam tests use.
 
 Everything that holds a connection (Redis, the HTTP session) is created here, never
-at import time, and kept on ``app.extensions["relay"]``.
+at import time, and kept on ``app.extensions["relay"]``. This is also where a direction
+is plugged into the direction-neutral worker (:meth:`Services.build_worker`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,22 @@ from typing import Any
 import requests
 from flask import Flask
 
-from app.config import Settings
-from app.keys import CONSUMER_GROUP, KeySpace
+from app.config import ConfigError, Settings
 from app.metrics import RelayMetrics
-from app.mparticle import MParticleClient
-from app.store import EventStore
-from app.toggles import ToggleStore
+from app.relay.direction import StateKeys
+from app.relay.policy import DeliveryPolicy
+from app.relay.worker import RelayWorker
+from app.store import redis_health, stories
+from app.store.admin_guard import ConsoleSessions, SignInFailures
+from app.store.consumer import StreamConsumer
+from app.store.events import EventStore
+from app.store.keys import CONSUMER_GROUP, KeySpace
+from app.store.ledger import Ledger
+from app.store.throttle import SharedThrottle
+from app.store.toggles import ToggleStore
+from app.to_mparticle import catalog, delivery
+from app.to_mparticle.client import MParticleClient, credential_id
+from app.to_mparticle.dry_run import DryRunClient
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +52,8 @@ class Services:
     event_store: EventStore
     toggles: ToggleStore
     metrics: RelayMetrics
+    sign_in_failures: SignInFailures
+    console_sessions: ConsoleSessions
     extras: dict[str, Any] = field(default_factory=dict)
 
     def mparticle_client(self) -> MParticleClient:
@@ -58,6 +71,76 @@ class Services:
             )
         return self.extras["mparticle"]
 
+    def require_redis_that_keeps_data(self) -> None:
+        """Refuse (ConfigError) a Redis whose maxmemory-policy may evict the relay's data.
+
+        A Redis that cannot be reached now is let pass: the process starts, /readyz
+        says not ready, and the webhook answers 503 until it can.
+        """
+        try:
+            problem = redis_health.eviction_problem(redis_health.memory_state(self.redis))
+        except redis_health.UNAVAILABLE_ERRORS as exc:
+            logger.warning("could not check Redis's maxmemory-policy at start (%s)",
+                           exc.__class__.__name__)
+            return
+        if problem:
+            raise ConfigError(f"REDIS_URL: {problem}")
+
+    def to_mparticle_state_keys(self) -> StateKeys:
+        """Where the Customer.io → mParticle workers keep what they saw of mParticle."""
+        # A hash of the API key names the shared wait, never the key itself.
+        credential = credential_id(self.settings.secrets.mparticle_api_key or "dry-run")
+        return StateKeys(health=self.keys.mparticle_health, auth=self.keys.mparticle_auth,
+                         throttle=self.keys.mparticle_throttle(credential))
+
+    def build_worker(self, *, consumer: str | None = None) -> RelayWorker:
+        """A worker for Customer.io → mParticle: the client, or its dry-run stand-in."""
+        config = self.settings
+        config.require_mparticle()
+        relay = config.relay
+        client: Any = DryRunClient() if config.mparticle["dry_run"] else self.mparticle_client()
+        state = self.to_mparticle_state_keys()
+        direction = delivery.ToMParticle(
+            client, state,
+            environment=config.mparticle["environment"],
+            event_names=config.mparticle["event_names"],
+            max_batch_bytes=relay["max_batch_bytes"],
+            max_batches_per_request=relay["max_batches_per_request"],
+            max_request_bytes=relay["max_request_bytes"],
+        )
+        return RelayWorker(
+            direction,
+            StreamConsumer(self.redis, self.keys, read_count=relay["read_count"],
+                           claim_idle_seconds=relay["claim_idle_seconds"], consumer=consumer),
+            SharedThrottle(self.redis, state.throttle),
+            Ledger(self.redis, self.keys, health_key=state.health, auth_key=state.auth,
+                   dead_letter_max_entries=relay["dead_letter_max_entries"]),
+            DeliveryPolicy(
+                retry_schedule_seconds=tuple(relay["retry_schedule_seconds"]),
+                retry_jitter_ratio=relay["retry_jitter_ratio"],
+                slow_down_at_rate_limit_percent=relay["slow_down_at_rate_limit_percent"],
+                slow_down_max_seconds=relay["slow_down_max_seconds"],
+            ),
+            self.metrics,
+            memory_watch=redis_health.MemoryWatch(
+                self.redis, warn_at_percent=config.redis["memory_warning_percent"]),
+            poll_interval_seconds=relay["poll_interval_seconds"],
+            auth_recheck_seconds=relay["auth_recheck_seconds"],
+        )
+
+    @staticmethod
+    def replay_route(body: str) -> str:
+        """The person a dead letter's body belongs to (its queue shard); ValueError if unusable."""
+        return delivery.route(body)
+
+    def find_event(self, event_id: str) -> dict[str, Any] | None:
+        """An event's story by its id, or None if the relay never saw it."""
+        return stories.find_event(self.redis, self.keys, event_id, delivery.delivery_of)
+
+    def first_flags(self, delivery_id: str) -> dict[str, Any]:
+        """The first-occurrence flags set for a Customer.io delivery."""
+        return stories.first_flags(self.redis, self.keys, delivery_id, list(catalog.CATALOG))
+
     def queue_stats(self) -> dict[str, int]:
         """Length, pending and dead letters, summed over the queue's shards."""
         pipe = self.redis.pipeline(transaction=False)
@@ -73,6 +156,15 @@ class Services:
                 if "NOGROUP" not in str(exc):
                     raise
         return {"length": sum(lengths), "pending": pending, "dead_letters": dead}
+
+    def scrape_stats(self) -> dict[str, int]:
+        """What /metrics reads from Redis at scrape time: the queue, and Redis's memory."""
+        stats = self.queue_stats()
+        memory = redis_health.memory_state(self.redis)
+        if memory is not None:
+            stats["redis_memory_used_bytes"] = memory.used_bytes
+            stats["redis_memory_max_bytes"] = memory.max_bytes
+        return stats
 
 
 def build_redis(settings: Settings) -> Any:
@@ -142,6 +234,8 @@ def init_services(app: Flask, settings: Settings, redis_client: Any | None = Non
             client, keys, settings.events, refresh_seconds=settings.redis["toggle_refresh_seconds"]
         ),
         metrics=RelayMetrics(),
+        sign_in_failures=SignInFailures(client, keys),
+        console_sessions=ConsoleSessions(client, keys),
     )
     app.extensions[EXTENSION] = services
     return services

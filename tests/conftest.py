@@ -18,9 +18,9 @@ import redis as redis_lib
 from app import create_app
 from app.config import Settings, load_settings
 from app.services import REDIS_DECODING
-from tests.support.mparticle_standin import MParticleStandIn
-from tests.support.redis_proxy import RedisProxy, redis_proxy
-from tests.support.webhooks import SIGNING_KEY
+from tests.helpers.mparticle_standin import MParticleStandIn
+from tests.helpers.redis_proxy import RedisProxy, redis_proxy
+from tests.helpers.webhooks import SIGNING_KEY
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 STANDIN_KEY = "test-key"

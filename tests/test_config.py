@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app import catalog
 from app.config import DEFAULT_SETTINGS_FILE, ConfigError, Settings, load_settings
+from app.to_mparticle import catalog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAY = 86_400

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from app.services import services
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 
 def test_a_web_process_whose_clock_is_days_off_answers_503_and_writes_nothing(app, client, redis):

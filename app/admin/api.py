@@ -1,50 +1,79 @@
 """Admin API under /admin, behind ``Authorization: Bearer $RELAY_ADMIN_TOKEN``.
 
-Off (404) when no token is configured; 401 without the right token. Thin over the
-same functions the CLI uses.
+Off (404) when no token is configured; 401 without the right token; 429 for a client
+that sent too many wrong ones (:mod:`app.admin.guard`). Thin over the same functions the
+CLI uses.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, request
 from marshmallow import Schema, ValidationError, fields
 
-from app import deadletters, stories
+from app.admin import guard
 from app.errors import json_response
 from app.services import services
-from app.toggles import UnknownEventTypeError
+from app.store import dead_letters as letters_store
+from app.store import stories
+from app.store.toggles import UnknownEventTypeError
+from app.support import dead_letters as dead_letter_replay
 
 blueprint = Blueprint("admin_api", __name__, url_prefix="/admin")
+# For the whole app, console and unmatched /admin URLs included.
+blueprint.after_app_request(guard.keep_admin_answers_private)
 
 
 @blueprint.before_request
 def require_admin_token() -> Response | None:
-    """404 when the admin API is off; 401 unless the bearer token matches."""
+    """404 when the admin API is off; 429 while this client is locked out (even with the
+    right token); 401 unless the bearer token matches."""
     token = services(current_app).settings.secrets.admin_token
     if not token:
         abort(404)
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode("utf-8", "replace"), token.encode("utf-8")
-    ):
-        response = json_response(
-            {"error": "unauthorized", "details": "send Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
-            401,
-        )
-        response.headers["WWW-Authenticate"] = 'Bearer realm="cio-mparticle-relay"'
-        return response
+    lockout = guard.lockout_of_this_client()
+    if lockout is not None:
+        return _too_many_wrong_tokens(lockout.seconds_left)
+    given = _bearer_token()
+    if given is None:
+        return _unauthorized()  # no token offered: nothing guessed, nothing counted
+    if not guard.token_matches(given, token):
+        guard.note_wrong_token("admin API")
+        return _unauthorized()
     return None
+
+
+def _bearer_token() -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None without one."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def _unauthorized() -> Response:
+    response = json_response(
+        {"error": "unauthorized", "details": "send Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
+        401,
+    )
+    response.headers["WWW-Authenticate"] = 'Bearer realm="cio-mparticle-relay"'
+    return response
+
+
+def _too_many_wrong_tokens(seconds_left: int) -> Response:
+    response = json_response(
+        {"error": "too many requests",
+         "details": f"too many wrong admin tokens from this address: retry in {seconds_left} s"},
+        429,
+    )
+    response.headers["Retry-After"] = str(seconds_left)
+    return response
 
 
 @blueprint.get("/dedup/<path:event_id>")
 def event_story(event_id: str) -> Response:
     """Seen?, when, TTL left, and where the event is now."""
     relay = services(current_app)
-    story = stories.find_event(relay.redis, relay.keys, event_id)
+    story = relay.find_event(event_id)
     if story is None:
         return json_response(
             {"error": "not found", "details": "this event_id was never accepted, or its mark "
@@ -57,7 +86,7 @@ def event_story(event_id: str) -> Response:
 def delivery_flags(delivery_id: str) -> Response:
     """The first-occurrence flags set for a delivery."""
     relay = services(current_app)
-    return json_response(stories.first_flags(relay.redis, relay.keys, delivery_id), 200)
+    return json_response(relay.first_flags(delivery_id), 200)
 
 
 @blueprint.get("/events")
@@ -128,7 +157,7 @@ def dead_letters() -> Response:
     """The newest dead letters, with reason and raw body."""
     relay = services(current_app)
     count = request.args.get("count", default=100, type=int)
-    letters = deadletters.list_dead_letters(relay.redis, relay.keys, max(1, min(count, 1000)))
+    letters = letters_store.list_dead_letters(relay.redis, relay.keys, max(1, min(count, 1000)))
     return json_response({"dead_letters": letters}, 200)
 
 
@@ -150,7 +179,5 @@ def replay_dead_letters() -> Response:
             {"error": "invalid request", "details": 'give "ids": [...] or "all": true'}, 400
         )
     relay = services(current_app)
-    report = deadletters.replay_dead_letters(
-        relay.redis, relay.keys, None if body["all"] else body["ids"]
-    )
+    report = dead_letter_replay.replay(relay, None if body["all"] else body["ids"])
     return json_response(report.as_dict(), 200)

@@ -39,14 +39,19 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from app import catalog, deadletters, relay_state, stories
 from app.services import services
+from app.store import dead_letters as letters_store
+from app.store import relay_state, stories
+from app.support import dead_letters as dead_letter_replay
+from app.support.dead_letters import ReplayReport
+from app.to_mparticle import catalog
 
 logger = logging.getLogger(__name__)
 
 blueprint = Blueprint("admin_console", __name__, url_prefix="/admin")
 
 CONSOLE = "/admin/console"
+CONSOLE_PATH = CONSOLE + "/"
 # Who a change made here is recorded as, beside the CLI's "cli:<user>" and the API's "by".
 ACTOR = "console"
 # A sign-in lasts a working day; the cookie is signed, so this is checked on every request.
@@ -268,9 +273,9 @@ def lookup() -> str:
     story = flags = None
     if query:
         relay = services(current_app)
-        story = stories.find_event(relay.redis, relay.keys, query)
+        story = relay.find_event(query)
         if story is None:
-            found = stories.first_flags(relay.redis, relay.keys, query)
+            found = relay.first_flags(query)
             flags = found if found["flags"] else None
     return render_template("admin/lookup.html", q=query, story=story, flags=flags)
 
@@ -323,7 +328,7 @@ def _bars(per_minute: list[int]) -> dict[str, Any]:
 def dead_letters() -> str:
     """The newest dead letters with their reasons."""
     relay = services(current_app)
-    letters = deadletters.list_dead_letters(relay.redis, relay.keys, DEAD_LETTERS_SHOWN)
+    letters = letters_store.list_dead_letters(relay.redis, relay.keys, DEAD_LETTERS_SHOWN)
     for letter in letters:
         letter.setdefault("event_id", _event_id_in(letter.get("body", "")))
     return render_template("admin/dead_letters.html", letters=letters,
@@ -334,7 +339,7 @@ def dead_letters() -> str:
 def dead_letter(letter_id: str) -> str:
     """One dead letter, its reason and details, and its raw body."""
     relay = services(current_app)
-    letter = deadletters.find_dead_letter(relay.redis, relay.keys, letter_id)
+    letter = letters_store.find_dead_letter(relay.redis, relay.keys, letter_id)
     if letter is None:
         abort(404, description=f"There is no dead letter {letter_id}: it may have been "
                                "replayed already.")
@@ -347,7 +352,7 @@ def dead_letter(letter_id: str) -> str:
 def replay_dead_letter(letter_id: str) -> Response:
     """Queue one dead letter again."""
     relay = services(current_app)
-    report = deadletters.replay_dead_letters(relay.redis, relay.keys, [letter_id])
+    report = dead_letter_replay.replay(relay, [letter_id])
     _flash_replay(report)
     logger.info("console replayed dead letters", extra={"replayed": report.replayed})
     return redirect(url_for(".dead_letters"), 303)
@@ -361,13 +366,13 @@ def replay_all_dead_letters() -> Response:
               "error")
         return redirect(url_for(".dead_letters"), 303)
     relay = services(current_app)
-    report = deadletters.replay_dead_letters(relay.redis, relay.keys, None)
+    report = dead_letter_replay.replay(relay, None)
     _flash_replay(report)
     logger.info("console replayed every dead letter", extra={"replayed": len(report.replayed)})
     return redirect(url_for(".dead_letters"), 303)
 
 
-def _flash_replay(report: deadletters.ReplayReport) -> None:
+def _flash_replay(report: ReplayReport) -> None:
     if report.replayed:
         count = len(report.replayed)
         flash(f"Queued again: {count} dead letter{'s' if count != 1 else ''} "

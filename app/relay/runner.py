@@ -1,4 +1,4 @@
-"""Builds a RelayWorker from an app's services and runs it as a process."""
+"""Runs a relay worker as a process: until SIGTERM or SIGINT, the request in flight first."""
 
 from __future__ import annotations
 
@@ -6,27 +6,13 @@ import logging
 import signal
 from typing import Any
 
-from flask import Flask
-
-from app.services import services
-from app.worker import DryRunClient, RelayWorker
+from app.relay.worker import RelayWorker
 
 logger = logging.getLogger(__name__)
 
 
-def build_worker(app: Flask) -> RelayWorker:
-    """A worker over the app's Redis, with the mParticle client or the dry-run stand-in."""
-    relay = services(app)
-    relay.settings.require_mparticle()
-    client: Any = (
-        DryRunClient() if relay.settings.mparticle["dry_run"] else relay.mparticle_client()
-    )
-    return RelayWorker(relay.redis, relay.keys, client, relay.settings, relay.metrics)
-
-
-def run_worker_process(app: Flask) -> None:
-    """Run until SIGTERM/SIGINT, finishing the request in flight first."""
-    worker = build_worker(app)
+def run_until_signalled(worker: RelayWorker) -> None:
+    """Run the worker until SIGTERM/SIGINT, finishing the request in flight first."""
 
     def _stop(signum: int, _frame: Any) -> None:
         logger.info("signal %s: finishing the request in flight, then stopping", signum)

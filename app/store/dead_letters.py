@@ -1,8 +1,9 @@
-"""The dead-letter store: events mParticle refused or that name no person, and
-quarantined payloads, kept raw with the reason, for support to read and replay.
+"""The dead-letter stream: what a destination refused for good, events that cannot be
+sent, and quarantined payloads, each kept raw with its reason for support to read and
+replay.
 
-Replay puts a letter's Customer.io webhook back on the queue as it is, without
-touching dedup marks, so the original's marks neither block nor are reset by it.
+This module owns a letter's field names; the worker, the quarantine and replay write
+and read letters through it.
 """
 
 from __future__ import annotations
@@ -10,40 +11,86 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from marshmallow import ValidationError
-
-from app import mapping
-from app.keys import KeySpace
-from app.webhooks.schemas import load_webhook
+from app.store import queue_entry
+from app.store.keys import KeySpace
 
 # A whole stream entry id. Anything else is "not found": Redis refuses a malformed id
 # ("Invalid stream ID") and reads a bare "1700000000000" as every entry of that millisecond.
 _ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")
 
+# A destination's answer is kept up to this many characters: enough to read its reason.
+MAX_RESPONSE_CHARS = 2000
 
-@dataclass
-class ReplayReport:
-    """What a replay did, per dead-letter id."""
 
-    replayed: list[str] = field(default_factory=list)
-    not_found: list[str] = field(default_factory=list)
-    still_invalid: dict[str, str] = field(default_factory=dict)
+def quarantined(body: bytes, reason: str, details: dict[str, Any], at_ms: int) -> dict[str, Any]:
+    """The fields of a letter for a payload that was authenticated but is unusable."""
+    return {
+        "kind": "quarantined",
+        "reason": reason,
+        "details": json.dumps(details, sort_keys=True),
+        "body": body.decode("utf-8", "replace"),
+        "at_ms": at_ms,
+    }
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "replayed": self.replayed,
-            "not_found": self.not_found,
-            "still_invalid": self.still_invalid,
-        }
+
+def event_letter(
+    *, reason: str, event_id: str, event_type: str, status: int | None, response: str,
+    attempts: int, queue: str, entry_id: str, body: str, at_ms: int,
+) -> dict[str, Any]:
+    """The fields of a letter for a queued event that will not be sent."""
+    return {
+        "kind": "event",
+        "reason": reason,
+        "event_id": event_id,
+        "event": event_type,
+        "status": "" if status is None else str(status),
+        "response": response[:MAX_RESPONSE_CHARS],
+        "attempts": attempts,
+        "queue": queue,
+        "entry_id": entry_id,
+        "body": body,
+        "at_ms": at_ms,
+    }
+
+
+def add(pipe: Any, keys: KeySpace, letter: dict[str, Any], max_entries: int) -> None:
+    """Queue the XADD of a letter on a pipeline (the stream kept near ``max_entries``)."""
+    pipe.xadd(keys.dead_letters, letter, maxlen=max_entries, approximate=True)
 
 
 def list_dead_letters(redis: Any, keys: KeySpace, count: int = 100) -> list[dict[str, Any]]:
     """The newest dead letters first."""
     entries = redis.xrevrange(keys.dead_letters, count=count)
     return [_letter(entry_id, fields) for entry_id, fields in entries]
+
+
+def all_letters(redis: Any, keys: KeySpace) -> list[tuple[str, dict[str, str]]]:
+    """Every letter as stored (id, fields), oldest first."""
+    return redis.xrange(keys.dead_letters)
+
+
+def stored_letter(redis: Any, keys: KeySpace, entry_id: str) -> dict[str, str] | None:
+    """One letter's fields as stored, or None."""
+    if not _ENTRY_ID.fullmatch(entry_id):
+        return None
+    found = redis.xrange(keys.dead_letters, entry_id, entry_id)
+    return found[0][1] if found else None
+
+
+def find_dead_letter(redis: Any, keys: KeySpace, entry_id: str) -> dict[str, Any] | None:
+    """One dead letter by its id, as people read it, or None."""
+    fields = stored_letter(redis, keys, entry_id)
+    return _letter(entry_id, fields) if fields is not None else None
+
+
+def requeue(redis: Any, keys: KeySpace, entry_id: str, shard: int, body: str) -> None:
+    """Put a letter's body back on a queue shard as it is, and remove the letter."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.xadd(keys.queue(shard), {queue_entry.PLAIN_FIELD: body})
+    pipe.xdel(keys.dead_letters, entry_id)
+    pipe.execute()
 
 
 def _letter(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -67,47 +114,3 @@ def _readable(value: str) -> str:
     if value.isascii():
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def replay_dead_letters(
-    redis: Any, keys: KeySpace, ids: list[str] | None = None
-) -> ReplayReport:
-    """Queue the letters again (all of them when ``ids`` is None) and remove them."""
-    report = ReplayReport()
-    if ids is None:
-        entries = redis.xrange(keys.dead_letters)
-    else:
-        entries = []
-        for entry_id in ids:
-            found = (
-                redis.xrange(keys.dead_letters, entry_id, entry_id)
-                if _ENTRY_ID.fullmatch(entry_id)
-                else []
-            )
-            if found:
-                entries += found
-            else:
-                report.not_found.append(entry_id)
-    for entry_id, fields in entries:
-        body = fields.get("body", "")
-        try:
-            # As bytes: a body that is not UTF-8 (a letter written by hand) is refused.
-            webhook = load_webhook(json.loads(body.encode("utf-8")))
-        except (ValueError, ValidationError) as exc:
-            report.still_invalid[entry_id] = str(exc)[:300]
-            continue
-        shard = keys.shard_for(mapping.routing_key(webhook))
-        pipe = redis.pipeline(transaction=False)
-        pipe.xadd(keys.queue(shard), {"b": body})
-        pipe.xdel(keys.dead_letters, entry_id)
-        pipe.execute()
-        report.replayed.append(entry_id)
-    return report
-
-
-def find_dead_letter(redis: Any, keys: KeySpace, entry_id: str) -> dict[str, Any] | None:
-    """One dead letter by its id, or None."""
-    if not _ENTRY_ID.fullmatch(entry_id):
-        return None
-    found = redis.xrange(keys.dead_letters, entry_id, entry_id)
-    return _letter(*found[0]) if found else None

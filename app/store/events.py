@@ -1,56 +1,24 @@
-"""The Redis side of accepting an event: dedup, first occurrence, queue, quarantine.
+"""Accepting an event into Redis: dedup, first occurrence, queue; quarantine and notes.
 
-The webhook view calls :meth:`EventStore.accept` once per event; it is one script
-call, so one round trip, and atomic (see ``accept_event.lua``).
+The webhook view calls :meth:`EventStore.accept` once per event: one registered script,
+so one round trip through redis-py, and atomic (see ``scripts/accept_event.lua``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from app import marks, queue_entry
-from app.keys import Buckets, KeySpace, first_field
-from app.script_line import script_line_for
+from app.store import dead_letters, marks, queue_entry, scripts
+from app.store.keys import Buckets, KeySpace, first_field
 
 # How the scripts refuse to write when this process's clock is too far from Redis's:
 # the bucket Redis's clock picks is not among those this process passed.
 _CLOCK_SKEW = "this process and Redis disagree on the time"
-
-ACCEPT_SCRIPT = marks.LUA_FUNCTIONS + resources.files("app").joinpath(
-    "accept_event.lua").read_text()
-
-# The story of an event that is not queued (ignored, quarantined): written only when
-# the event has no mark yet, so a later copy never rewrites what happened to the first;
-# a copy after the first is counted. KEYS: the event's mark buckets, oldest first (see
-# accept_event.lua); ARGV: event_id, oldest generation, span, event_ttl, packed story,
-# the error for a clock a generation away from Redis's.
-_NOTE_SCRIPT = marks.LUA_FUNCTIONS + """
-local event_id = ARGV[1]
-for i = 1, #KEYS do
-  local story = redis.call('HGET', KEYS[i], event_id)
-  if story then
-    redis.call('HSET', KEYS[i], event_id, with_one_more_copy(story))
-    return 0
-  end
-end
-local span = tonumber(ARGV[3])
-local generation = math.floor(tonumber(redis.call('TIME')[1]) / span)
-local bucket = KEYS[generation - tonumber(ARGV[2]) + 1]
-if not bucket then
-  return redis.error_reply('ERR ' .. ARGV[6])
-end
-redis.call('HSET', bucket, event_id, ARGV[5])
-redis.call('EXPIREAT', bucket, (generation + 1) * span + tonumber(ARGV[4]))
-return 1
-"""
-
 
 class ClockSkewError(Exception):
     """This process's clock is too far from Redis's to name the bucket Redis writes to."""
@@ -97,10 +65,8 @@ class EventStore:
         self._first_only = first_occurrence_only
         self._dead_letter_cap = dead_letter_max_entries
         self._clock = clock
-        self._accept = redis.register_script(ACCEPT_SCRIPT)
-        # The hot path's call skips redis-py's command layers where it can (app/script_line.py).
-        self._accept_call = script_line_for(redis, self._accept) or self._accept
-        self._note = redis.register_script(_NOTE_SCRIPT)
+        self._accept = scripts.register(redis, "accept_event")
+        self._note = scripts.register(redis, "note_story")
 
     def accept(self, event: IncomingEvent) -> Outcome:
         """Queue the event unless it is a duplicate or not the first of its kind."""
@@ -118,7 +84,7 @@ class EventStore:
                          else Buckets(0, []))
         firsts_span = keys.first_generations
         status, detail = self._call(
-            self._accept_call,
+            self._accept,
             keys=[keys.queue(shard), *mark_buckets.keys, *first_buckets.keys],
             args=[
                 event.event_id,
@@ -158,19 +124,14 @@ class EventStore:
         When the payload names an event_id, its story says where the payload went.
         """
         now = self._clock()
-        entry = {
-            "kind": "quarantined",
-            "reason": reason,
-            "details": json.dumps(details, sort_keys=True),
-            "body": body.decode("utf-8", "replace"),
-            "at_ms": int(now * 1000),
-        }
+        at_ms = int(now * 1000)
         entry_id = _text(self._redis.xadd(
-            self._keys.dead_letters, entry, maxlen=self._dead_letter_cap, approximate=True
+            self._keys.dead_letters, dead_letters.quarantined(body, reason, details, at_ms),
+            maxlen=self._dead_letter_cap, approximate=True,
         ))
         if event_id:
             self._remember(self._keys.shard_for(event_id), event_id, now,
-                           marks.quarantined(entry["at_ms"], entry_id, reason))
+                           marks.quarantined(at_ms, entry_id, reason))
         return entry_id
 
     def _remember(self, shard: int, event_id: str, now: float, story: str) -> None:

@@ -14,6 +14,10 @@ Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag
     cior:mparticle:health               hash: mParticle's last answer and rate-limit use
     cior:mparticle:throttle:<id>        string: every worker waits out its TTL (id: hash of the key)
     cior:relayed:<minute>               counter: events relayed that minute (TTL 1 hour)
+    cior:admin:failures:<address>       counter: wrong admin tokens from one client address
+                                        (TTL: the rest of its throttle window)
+    cior:admin:session:<hash>           string: a live console sign-in (TTL: its lifetime;
+                                        <hash>: a hash of the id its cookie carries)
 
 Marks and first-occurrence flags are fields of *bucket* hashes, not keys of their own:
 a Redis key with a TTL costs about 100 bytes before its contents, while a field of a
@@ -208,3 +212,17 @@ class KeySpace:
         ``credential`` is a short hash of the API key, never the key itself.
         """
         return f"{self.prefix}:mparticle:throttle:{credential}"
+
+    def admin_failures(self, client_address: str) -> str:
+        """Counter of wrong admin tokens from one client address, gone when its window ends.
+
+        The address is kept readable, so an operator can find and delete a lockout.
+        """
+        return f"{self.prefix}:admin:failures:{client_address}"
+
+    def console_session(self, session_hash: str) -> str:
+        """String: one live console sign-in; sign-out deletes it, its TTL ends it.
+
+        ``session_hash`` is a hash of the session id, never the id the cookie carries.
+        """
+        return f"{self.prefix}:admin:session:{session_hash}"

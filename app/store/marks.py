@@ -1,6 +1,6 @@
 """An event's dedup mark: its story, packed into one short string.
 
-A mark is one field of a bucket hash (``app/keys.py``): the field is the event_id, the
+A mark is one field of a bucket hash (``app/store/keys.py``): the field is the event_id, the
 value is the story below. Redis keeps a bucket as a compact listpack only while every
 value is at most 64 bytes (``hash-max-listpack-value``); one longer value turns the
 whole bucket into a hashtable, twice the bytes per field. So a story is a status
@@ -29,7 +29,8 @@ e.g. ``q2|email_opened|1795704496123-0``: queued, two more copies answered dupli
   delivery's first-occurrence flag for the type, which outlives the mark.
 
 The longest common story, a relayed ``email_delivered`` with copies, a retry and hours
-in the queue, is 62 bytes. Scripts build and rewrite stories with :data:`LUA_FUNCTIONS`.
+in the queue, is 62 bytes. Scripts build and rewrite stories with the same rules, in
+``scripts/story_functions.lua``.
 """
 
 from __future__ import annotations
@@ -77,42 +78,6 @@ _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 # mParticle's answer to nearly every request it takes: a relayed story leaves it out.
 _USUAL_ANSWER = 202
-
-# Shared by the scripts that write marks (prepended to them).
-LUA_FUNCTIONS = """
-local DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
-local STATUSES = {q = 'queued', r = 'relayed', d = 'dead_lettered', s = 'suppressed',
-                  i = 'ignored', x = 'quarantined'}
-
-local function base36(n)
-  if n < 0 then
-    return '-' .. base36(-n)
-  end
-  local text = ''
-  repeat
-    local digit = n % 36
-    text = string.sub(DIGITS, digit + 1, digit + 1) .. text
-    n = math.floor((n - digit) / 36)
-  until n == 0
-  return text
-end
-
--- A queue entry id as a relayed or dead-lettered story keeps it: "1795704496123-0" ->
--- "mwxo3cvv-0".
-local function packed_entry(entry_id)
-  local ms, sequence = string.match(entry_id, '^(%d+)-(%d+)$')
-  if not ms then
-    return '0-0'  -- not a stream id: nothing to tell the time received by
-  end
-  return base36(tonumber(ms)) .. '-' .. sequence
-end
-
-local function with_one_more_copy(story)
-  local status, copies, rest = string.match(story, '^(%a)(%d*)(.*)$')
-  return status .. ((tonumber(copies) or 0) + 1) .. rest
-end
-"""
-
 
 def base36(number: int) -> str:
     """An integer in base 36, as the scripts write it."""

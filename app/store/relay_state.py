@@ -1,5 +1,5 @@
-"""What the workers last saw of mParticle, kept in Redis for /readyz, the console and
-/admin/queue: last answer, rate-limit use, events relayed per minute.
+"""What the workers last saw of their destination, kept in Redis for /readyz, the console
+and /admin/queue: last answer, rate-limit use, events relayed per minute.
 
 Small and bounded: one hash, plus one counter per minute that expires after an hour.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from app.keys import KeySpace
+from app.store.keys import KeySpace
 
 # Per-minute counters are kept this long: enough for an hour of throughput history.
 MINUTE_COUNTER_TTL_SECONDS = 3600
@@ -18,19 +18,20 @@ MINUTE_COUNTER_TTL_SECONDS = 3600
 def record_delivery(
     pipe: Any,
     keys: KeySpace,
+    health_key: str,
     *,
     status: int | None,
     events: int,
     rate_limit_percent: float | None,
     now: float | None = None,
 ) -> None:
-    """Note one mParticle answer on a pipeline the caller executes."""
+    """Note one answer of a destination on a pipeline the caller executes."""
     now = time.time() if now is None else now
     fields: dict[str, Any] = {"last_status": "" if status is None else status,
                               "last_at": f"{now:.3f}"}
     if rate_limit_percent is not None:
         fields["rate_limit_percent"] = rate_limit_percent
-    pipe.hset(keys.mparticle_health, mapping=fields)
+    pipe.hset(health_key, mapping=fields)
     if events:
         minute_key = keys.relayed_minute(int(now // 60))
         pipe.incrby(minute_key, events)

@@ -1,26 +1,33 @@
-"""The read side for support: where is event X, what did delivery Y see, dead letters.
+"""An event's story in Redis: read for support, rewritten as the worker finishes it.
 
-Everything here is off the hot path; an event_id is looked up in every queue shard
-because the shard depends on the person, which the caller may not know, and in every
-generation of buckets that may still hold its mark (``app/keys.py``).
+Reads are off the hot path; an event_id is looked up in every queue shard because the
+shard depends on the person, which the caller may not know, and in every generation of
+buckets that may still hold its mark (``app/store/keys.py``). What a body means (which
+delivery it belongs to) is its direction's to say: the caller passes ``delivery_of``.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from app import catalog, marks, queue_entry
-from app.keys import CONSUMER_GROUP, KeySpace, first_field
+from redis.client import Pipeline
+
+from app.store import marks, queue_entry, scripts
+from app.store.keys import CONSUMER_GROUP, KeySpace, first_field
+
+# A queued body -> the delivery it belongs to, if any (its direction knows).
+DeliveryOf = Callable[[str], "str | None"]
 
 # Stories of copies that were answered but not accepted; a later copy may still be.
 _NOT_ACCEPTED = frozenset({"ignored", "quarantined"})
 
 
-def find_event(redis: Any, keys: KeySpace, event_id: str) -> dict[str, Any] | None:
-    """Everything the relay remembers of one Customer.io event, or None if unseen."""
+def find_event(
+    redis: Any, keys: KeySpace, event_id: str, delivery_of: DeliveryOf
+) -> dict[str, Any] | None:
+    """Everything the relay remembers of one event, or None if unseen."""
     now = time.time()
     looked_in = [(shard, bucket) for shard in range(keys.shards)
                  for bucket in keys.mark_buckets(shard, event_id, now).keys]
@@ -37,11 +44,12 @@ def find_event(redis: Any, keys: KeySpace, event_id: str) -> dict[str, Any] | No
     # than a later, accepted copy: the accepted copy's story is the one that matters.
     found.sort(key=lambda item: item[1]["status"] in _NOT_ACCEPTED)
     shard, told, ttl = found[0]
-    return _story(redis, keys, shard, event_id, told, ttl)
+    return _story(redis, keys, shard, event_id, told, ttl, delivery_of)
 
 
 def _story(
-    redis: Any, keys: KeySpace, shard: int, event_id: str, told: dict[str, Any], ttl: int
+    redis: Any, keys: KeySpace, shard: int, event_id: str, told: dict[str, Any], ttl: int,
+    delivery_of: DeliveryOf,
 ) -> dict[str, Any]:
     # The TTL is the mark's bucket's: at least what is left of the event's dedup window.
     story: dict[str, Any] = {"event_id": event_id, "seen": True, "ttl_seconds": ttl, **told}
@@ -54,7 +62,7 @@ def _story(
             if story["event"] in flags:
                 story["suppressed_by"] = flags[story["event"]]
     if status == "queued":
-        story["where"] = _queue_position(redis, keys, shard, story)
+        story["where"] = _queue_position(redis, keys, shard, story, delivery_of)
     else:
         story["where"] = {
             "relayed": "relayed to mParticle",
@@ -67,7 +75,9 @@ def _story(
     return story
 
 
-def _queue_position(redis: Any, keys: KeySpace, shard: int, story: dict[str, Any]) -> str:
+def _queue_position(
+    redis: Any, keys: KeySpace, shard: int, story: dict[str, Any], delivery_of: DeliveryOf
+) -> str:
     """Where a queued event is; fills in its delivery from the entry (not kept twice)."""
     entry_id = story.get("queue_entry")
     if not entry_id:
@@ -76,7 +86,7 @@ def _queue_position(redis: Any, keys: KeySpace, shard: int, story: dict[str, Any
     entry = redis.xrange(queue, entry_id, entry_id)
     if not entry:
         return "queued (entry no longer in the stream)"
-    story.setdefault("delivery_id", _delivery_of(entry[0][1]))
+    story.setdefault("delivery_id", _delivery_in(entry[0][1], delivery_of))
     try:
         pending = redis.xpending_range(queue, CONSUMER_GROUP, entry_id, entry_id, 1)
     except Exception as exc:  # no consumer group yet: no worker has started
@@ -89,18 +99,18 @@ def _queue_position(redis: Any, keys: KeySpace, shard: int, story: dict[str, Any
     return "waiting in the queue"
 
 
-def _delivery_of(fields: dict[str, str]) -> str | None:
+def _delivery_in(fields: dict[str, str], delivery_of: DeliveryOf) -> str | None:
     try:
-        data = json.loads(queue_entry.unpack(fields)).get("data")
-    except (KeyError, ValueError, AttributeError):
+        return delivery_of(queue_entry.unpack(fields))
+    except (KeyError, ValueError):
         return None
-    delivery = data.get("delivery_id") if isinstance(data, dict) else None
-    return str(delivery) if delivery is not None else None
 
 
-def first_flags(redis: Any, keys: KeySpace, delivery_id: str) -> dict[str, Any]:
+def first_flags(
+    redis: Any, keys: KeySpace, delivery_id: str, event_types: list[str]
+) -> dict[str, Any]:
     """The first-occurrence flags set for a delivery: event type -> first event_id."""
-    found = _flags(redis, keys, range(keys.shards), delivery_id, list(catalog.CATALOG))
+    found = _flags(redis, keys, range(keys.shards), delivery_id, event_types)
     flags: dict[str, str] = {}
     ttl = -2
     for ttl_left, in_bucket in found:
@@ -156,3 +166,43 @@ def oldest_age_seconds(redis: Any, keys: KeySpace, now_ms: int | None = None) ->
     oldest = min(int(entry_id.split("-", 1)[0]) for entry_id in firsts)
     now = now_ms if now_ms is not None else int(time.time() * 1000)
     return max(0.0, (now - oldest) / 1000)
+
+
+class StoryUpdates:
+    """The story rewrites of one pass, gathered per queue shard: one script call each.
+
+    ``status`` is the new story's letter: ``r`` relayed or ``d`` dead-lettered
+    (``scripts/tell_stories.lua``).
+    """
+
+    def __init__(self, keys: KeySpace, now_ms: int, status: str) -> None:
+        self._keys = keys
+        self._now_ms = now_ms
+        self._status = status
+        self._by_shard: dict[int, tuple[list[str], list[Any]]] = {}
+
+    def add(self, event: Any, ending: str) -> None:
+        """Rewrite this event's story, if it has one, to end with ``ending``."""
+        # Its mark was written when its entry was (a replayed dead letter's: earlier), so
+        # the buckets alive then hold it; the newest first, where it nearly always is.
+        received = (event.received_ms or self._now_ms) / 1000
+        buckets = self._keys.mark_buckets(event.shard, event.event_id, received).keys[::-1]
+        keys, args = self._by_shard.setdefault(event.shard, ([], [self._now_ms, self._status]))
+        keys += buckets
+        args += [event.event_id, len(buckets), marks.escape(event.event_type),
+                 event.entry_id, ending]
+
+    def queue_on(self, pipe: Any) -> None:
+        """Queue the rewrites on a pipeline, on one Redis or a Redis Cluster.
+
+        A plain pipeline loads the script itself before EVALSHA (also after a Redis
+        restart flushed the script cache). redis-py's cluster pipeline refuses EVALSHA
+        and cannot load scripts, so there the script's text goes with the call (EVAL;
+        Redis caches it too).
+        """
+        source = scripts.source("tell_stories")
+        for keys, args in self._by_shard.values():
+            if isinstance(pipe, Pipeline):
+                pipe.register_script(source)(keys=keys, args=args, client=pipe)
+            else:
+                pipe.execute_command("EVAL", source, len(keys), *keys, *args)

@@ -16,14 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.catalog import CATALOG
-from app.keys import KeySpace
+from app.store.keys import KeySpace
 
 logger = logging.getLogger(__name__)
 
 
 class UnknownEventTypeError(KeyError):
-    """The name is not a Customer.io event type the catalog knows."""
+    """The name is not an event type this store was given a default for."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class ToggleStore:
         overrides = _parse_overrides(self._redis.hgetall(self._keys.toggles))
         changes = self._redis.hgetall(self._keys.toggle_changes)
         rows = []
-        for name in CATALOG:
+        for name in self._defaults:
             change = json.loads(changes[name]) if name in changes else {}
             rows.append(
                 Toggle(
@@ -116,13 +115,17 @@ class ToggleStore:
             )
         return rows
 
+    def _require_known(self, name: str) -> None:
+        if name not in self._defaults:
+            raise UnknownEventTypeError(name)
+
     def get(self, name: str) -> Toggle:
-        _require_known(name)
+        self._require_known(name)
         return next(toggle for toggle in self.list() if toggle.name == name)
 
     def set(self, name: str, enabled: bool, *, actor: str) -> Toggle:
         """Turn an event type on or off for every process."""
-        _require_known(name)
+        self._require_known(name)
         change = json.dumps({"by": actor, "at": time.time(), "enabled": enabled})
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(self._keys.toggles, name, "1" if enabled else "0")
@@ -134,7 +137,7 @@ class ToggleStore:
 
     def reset(self, name: str, *, actor: str) -> Toggle:
         """Drop the override so the file's default applies again."""
-        _require_known(name)
+        self._require_known(name)
         change = json.dumps({"by": actor, "at": time.time(), "enabled": None})
         pipe = self._redis.pipeline(transaction=False)
         pipe.hdel(self._keys.toggles, name)
@@ -143,11 +146,6 @@ class ToggleStore:
         logger.info("event type %s reset to its default by %s", name, actor)
         self._loaded_at = None
         return self.get(name)
-
-
-def _require_known(name: str) -> None:
-    if name not in CATALOG:
-        raise UnknownEventTypeError(name)
 
 
 def _parse_overrides(raw: Mapping[Any, Any]) -> dict[str, bool]:

@@ -1,6 +1,6 @@
 """Moving marks and flags kept in keys of their own (before buckets) into buckets.
 
-Until bucket hashes (``app/keys.py``), each event's mark was a hash
+Until bucket hashes (``app/store/keys.py``), each event's mark was a hash
 ``<prefix>:{q<shard>}:event:<event_id>`` (fields s, t, q, n, by, r, d, at, rid, st,
 why, dl, a) and each delivery's flags a hash ``<prefix>:{q<shard>}:first:<delivery_id>``
 (event type -> first event_id). The relay no longer reads them: ``cio-relay dedup
@@ -16,48 +16,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from app import marks
-from app.keys import KeySpace, first_field
+from app.store import marks, scripts
+from app.store.keys import KeySpace, first_field
 
 _STATUS_LETTERS = {word: letter for letter, word in marks.STATUSES.items()}
 
 # A bucket of flags is named <generation>:<bucket>; a delivery's key of its own, by its id.
 _BUCKET_NAME = re.compile(r"[0-9]+:[0-9]+")
 _TAGGED = re.compile(r"\{q([0-9]+)\}:(event|first):(.*)", re.DOTALL)
-
-# Moves one key's fields into the present generation's bucket (by Redis's clock), each
-# unless a bucket the relay may read already has it; then deletes the key. KEYS: the old
-# key, then the buckets that may hold the fields (oldest first, the first of generation
-# ARGV[1]); ARGV: that generation, span, TTL, then field and value pairs.
-_MOVE = marks.LUA_FUNCTIONS + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local oldest, span, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local generation = math.floor(tonumber(redis.call('TIME')[1]) / span)
-local bucket = KEYS[2 + generation - oldest]
-if generation < oldest or not bucket then
-  return redis.error_reply('ERR this process and Redis disagree on the time')
-end
-local moved = 0
-for a = 4, #ARGV, 2 do
-  local present = false
-  for i = 2, #KEYS do
-    if redis.call('HEXISTS', KEYS[i], ARGV[a]) == 1 then
-      present = true
-    end
-  end
-  if not present then
-    redis.call('HSET', bucket, ARGV[a], ARGV[a + 1])
-    moved = moved + 1
-  end
-end
-if redis.call('TTL', bucket) < 0 then
-  redis.call('EXPIREAT', bucket, (generation + 1) * span + ttl)
-end
-redis.call('DEL', KEYS[1])
-return moved
-"""
 
 
 @dataclass
@@ -73,7 +39,7 @@ class MigrationReport:
 def migrate(redis: Any, keys: KeySpace, now: float, batch: int = 1000) -> MigrationReport:
     """Move every mark and flag kept in a key of its own into buckets."""
     report = MigrationReport()
-    move = redis.register_script(_MOVE)
+    move = scripts.register(redis, "move_legacy_keys")
     found: list[str] = []
     for key in redis.scan_iter(match=f"{keys.prefix}:{{q*}}:*", count=batch):
         if _TAGGED.fullmatch(key[len(keys.prefix) + 1:]):
@@ -125,7 +91,7 @@ def _move_batch(
 
 
 def legacy_story(old: dict[str, str]) -> str | None:
-    """The packed story (``app/marks.py``) of a mark kept as a hash of its own."""
+    """The packed story (``app/store/marks.py``) of a mark kept as a hash of its own."""
     try:
         return _packed(old)
     except (KeyError, ValueError):  # not as the relay wrote it

@@ -17,10 +17,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from app import deadletters, stories, upgrade
 from app.config import ConfigError
-from app.mparticle import AuthError, MParticleError
+from app.relay.outcomes import DeliveryError
+from app.relay.runner import run_until_signalled
 from app.services import services
+from app.store import dead_letters, stories, upgrade
+from app.support import dead_letters as dead_letter_replay
+from app.to_mparticle.catalog import CATALOG
+from app.to_mparticle.client import AuthError
 
 
 def _relay() -> Any:
@@ -60,11 +64,10 @@ def _actor() -> str:
 @with_appcontext
 def worker_command() -> None:
     """Relay queued events to mParticle until SIGTERM."""
-    from app.runner import run_worker_process
-
-    _relay()
+    relay = _relay()
     try:
-        run_worker_process(current_app._get_current_object())  # type: ignore[attr-defined]
+        relay.require_redis_that_keeps_data()
+        run_until_signalled(relay.build_worker())
     except ConfigError as exc:
         _fail(f"configuration error: {exc}")
 
@@ -84,7 +87,7 @@ def check_command() -> None:
         relay.mparticle_client().check_credentials()
     except AuthError as exc:
         _fail(f"mParticle refused the credentials (HTTP {exc.status}) at {base_url}")
-    except MParticleError as exc:
+    except DeliveryError as exc:
         _fail(f"could not check the credentials at {base_url}: {exc}")
     click.echo(f"mParticle accepted the credentials at {base_url}")
 
@@ -114,7 +117,6 @@ def events_list(as_json: bool) -> None:
 
 
 def _known_event_type(_ctx: Any, _param: Any, value: str) -> str:
-    from app.catalog import CATALOG
 
     if value not in CATALOG:
         raise click.BadParameter(f"{value!r} is not a known Customer.io event type "
@@ -164,7 +166,7 @@ def dedup_group() -> None:
 def dedup_show(event_id: str, as_json: bool) -> None:
     """Did this Customer.io event arrive, and where is it now?"""
     relay = _relay()
-    story = stories.find_event(relay.redis, relay.keys, event_id)
+    story = relay.find_event(event_id)
     if story is None:
         _emit({"event_id": event_id, "seen": False}, as_json,
               f"{event_id}: not seen (never accepted, or its mark expired)")
@@ -201,7 +203,7 @@ def dedup_show(event_id: str, as_json: bool) -> None:
 def dedup_first(delivery_id: str, as_json: bool) -> None:
     """The first-occurrence flags set for a delivery."""
     relay = _relay()
-    flags = stories.first_flags(relay.redis, relay.keys, delivery_id)
+    flags = relay.first_flags(delivery_id)
     if not flags["flags"]:
         _emit(flags, as_json, f"{delivery_id}: no first-occurrence flags set")
         sys.exit(1)
@@ -249,7 +251,7 @@ def dlq_group() -> None:
 def dlq_list(count: int, as_json: bool) -> None:
     """The newest dead letters with their reasons."""
     relay = _relay()
-    letters = deadletters.list_dead_letters(relay.redis, relay.keys, count)
+    letters = dead_letters.list_dead_letters(relay.redis, relay.keys, count)
     lines = [f"{len(letters)} dead letters"] + [
         f"{letter['id']}  {letter.get('at', '-')}  {letter.get('kind', '?'):11} "
         f"{letter.get('event_id') or '-':28} {letter.get('reason', '')}"
@@ -268,9 +270,7 @@ def dlq_replay(ids: tuple[str, ...], replay_all: bool) -> None:
     if bool(ids) == replay_all:
         raise click.UsageError("give dead-letter ids, or --all")
     relay = _relay()
-    report = deadletters.replay_dead_letters(
-        relay.redis, relay.keys, None if replay_all else list(ids)
-    )
+    report = dead_letter_replay.replay(relay, None if replay_all else list(ids))
     click.echo(f"replayed {len(report.replayed)}")
     for entry_id in report.not_found:
         click.echo(f"not found: {entry_id}", err=True)

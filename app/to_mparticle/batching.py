@@ -65,6 +65,10 @@ class BulkRequest:
     def events(self) -> list[QueuedEvent]:
         return [event for batch in self.batches for event in batch.events]
 
+    @property
+    def batch_count(self) -> int:
+        return len(self.batches)
+
 
 class EventTooLargeError(ValueError):
     """A single event does not fit in a batch on its own."""

@@ -4,15 +4,10 @@ This module is the one seam for outbound HTTP: everything the relay sends to mPa
 `MParticleClient`, so the timeouts, the credentials and the user agent live in one place, and tests
 point it at a real stand-in server on loopback instead of patching `requests`.
 
-Every outcome is translated into a short list of our own exceptions, so the worker decides what to
-do (wait, split, stop) without knowing about `requests` or status codes:
-
-- `RetryableError`: nothing was refused for its content; keep the events and try again later
-  (429, 408, 5xx, timeouts, connection errors, and any status we did not expect, because an
-  unexpected answer is a configuration problem and must never cost data).
-- `RejectedError`: mParticle refused the request's content (400, 413, 422); split it to find the
-  bad batch.
-- `AuthError`: mParticle refused the credentials (401, 403); stop sending and keep everything.
+Every outcome is translated into the delivery policy's words (``app.relay.outcomes``), so the
+worker decides what to do (wait, split, stop) without knowing about `requests` or status codes:
+400, 413 and 422 are `RejectedError` (split to find the bad batch); 401 and 403 `AuthError`;
+429, 408, 5xx, timeouts, connection errors and anything unexpected `RetryableError`.
 """
 
 from __future__ import annotations
@@ -29,6 +24,9 @@ from typing import Literal
 
 import requests
 
+from app.relay import outcomes
+from app.relay.outcomes import MAX_ERROR_BODY_CHARS, DeliveryError, RetryableError
+
 logger = logging.getLogger(__name__)
 
 REGION_BASE_URLS: dict[str, str] = {
@@ -40,9 +38,6 @@ REGION_BASE_URLS: dict[str, str] = {
 
 RATE_LIMIT_HEADER = "X-mp-rate-limit-percentage-used"
 
-# Enough of an error body for support to read mParticle's explanation, small enough for a log line.
-MAX_ERROR_BODY_CHARS = 2000
-
 REJECTED_STATUSES = frozenset({400, 413, 422})
 AUTH_STATUSES = frozenset({401, 403})
 
@@ -52,47 +47,18 @@ EMPTY_BULK = b"[]"
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only, as RFC 9110 says
 
 
-class MParticleError(Exception):
-    """Base of every error the mParticle client raises."""
-
-    def __init__(self, reason: str, *, status: int | None = None, body: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.body = body[:MAX_ERROR_BODY_CHARS]
-
-
-class RetryableError(MParticleError):
-    """Nothing was refused for its content: keep the events and send them again later."""
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        body: str = "",
-        rate_limit_percent_used: float | None = None,
-    ) -> None:
-        super().__init__(reason, status=status, body=body)
-        self.retry_after = retry_after
-        self.rate_limit_percent_used = rate_limit_percent_used
-
-
-class RejectedError(MParticleError):
+class RejectedError(outcomes.RejectedError):
     """mParticle refused the request's content: split it to isolate the bad batch."""
 
     def __init__(self, status: int, body: str = "") -> None:
-        super().__init__(
-            f"mParticle refused the request's content ({status})", status=status, body=body
-        )
+        super().__init__(status, body, destination="mParticle")
 
 
-class AuthError(MParticleError):
+class AuthError(outcomes.AuthError):
     """mParticle refused the credentials: stop sending and keep everything queued."""
 
     def __init__(self, status: int, body: str = "") -> None:
-        super().__init__(f"mParticle refused the credentials ({status})", status=status, body=body)
+        super().__init__(status, body, destination="mParticle")
 
 
 @dataclass(frozen=True)
@@ -138,7 +104,7 @@ def credential_id(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:12]
 
 
-def classify_status(status: int) -> type[MParticleError] | None:
+def classify_status(status: int) -> type[DeliveryError] | None:
     """Return the error a status means, or None for success (2xx)."""
     if 200 <= status < 300:
         return None
@@ -175,7 +141,7 @@ def _retryable_for(response: requests.Response) -> RetryableError:
     )
 
 
-def _error_for(response: requests.Response) -> MParticleError:
+def _error_for(response: requests.Response) -> DeliveryError:
     status = response.status_code
     error = classify_status(status)
     if error is RejectedError:

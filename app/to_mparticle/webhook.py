@@ -1,11 +1,10 @@
 """POST /webhooks/customerio: authenticate the raw bytes, load, decide, store, answer.
 
-This one route carries all of Customer.io's traffic, so it is served as plain WSGI in
-front of Flask, which serves every other route. Flask's request machinery (request
-context, URL matching, hooks, Request and Response objects) cost about as much CPU as
-everything this route does apart from Redis (README, "Performance"); none of it is
-needed here. Slow work (mapping, mParticle) is the worker's; this route does one Redis
-round trip for an event it queues, and answers well within Customer.io's 4 seconds.
+A Flask view in a Blueprint. Slow work (mapping, mParticle) is the worker's: this
+route makes one Redis round trip for an event it queues (a registered redis-py
+script), and answers well within Customer.io's 4 seconds. Flask answers 405 (a method
+other than POST, OPTIONS included) and 413 (a body over ``[webhook] max_body_bytes``,
+with or without a Content-Length) before any of our work.
 """
 
 from __future__ import annotations
@@ -13,27 +12,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
-from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
+from flask import Blueprint, Request, Response, current_app, g, request
 from marshmallow import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from werkzeug.wsgi import get_content_length
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from app import catalog, mapping
-from app.errors import INTERNAL_ERROR, REDIS_UNAVAILABLE
-from app.logs import request_id_from
-from app.services import Services
-from app.store import ClockSkewError, IncomingEvent
-from app.webhooks.schemas import load_webhook, usable_event_id
-from app.webhooks.signature import SignatureError, verify_signature
+from app.errors import INTERNAL_ERROR, REDIS_FULL, REDIS_UNAVAILABLE
+from app.services import Services, services
+from app.store.events import ClockSkewError, IncomingEvent
+from app.store.redis_health import FULL_ERRORS, UNAVAILABLE_ERRORS
+from app.to_mparticle import catalog, mapping
+from app.to_mparticle.schema import load_webhook, usable_event_id
+from app.to_mparticle.signature import SignatureError, StaleTimestampError, verify_signature
 
 logger = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/customerio"
+
+blueprint = Blueprint("customerio_webhook", __name__)
 
 # Keys of "sent" events that can carry a whole message body; not forwarded, not kept.
 _BULKY_FIELDS = ("content", "headers")
@@ -49,106 +47,78 @@ MAX_JSON_DEPTH = 64
 _ONLY_DIGITS = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_NUMBER = b"9" * 19
 
-_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
 
 class Answer(Exception):
-    """A finished answer: status, JSON payload, extra headers and the log line's fields.
+    """A finished answer: status, JSON payload and the log line's fields.
 
     Raised where the route stops early (a refusal), returned where it ends normally.
     """
 
-    def __init__(
-        self, status: int, payload: dict[str, Any], log: dict[str, Any],
-        headers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
+    def __init__(self, status: int, payload: dict[str, Any], log: dict[str, Any]) -> None:
         super().__init__(status)
         self.status = status
         self.payload = payload
         self.log = log
-        self.headers = headers
 
 
-class WebhookEndpoint:
-    """WSGI middleware: answers WEBHOOK_PATH itself, hands every other request on."""
-
-    def __init__(
-        self, flask_wsgi_app: WSGIApp, relay: Services,
-        on_request: Callable[[], None] | None = None,
-    ) -> None:
-        self._next = flask_wsgi_app
-        self._relay = relay
-        self._on_request = on_request  # the embedded default starts its worker here
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") != WEBHOOK_PATH:
-            return self._next(environ, start_response)
-        started = time.perf_counter()
-        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
-        try:
-            if self._on_request is not None:
-                self._on_request()
-            answer = receive_webhook(self._relay, environ)
-        except Answer as refusal:
-            answer = refusal
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            answer = self._redis_unavailable(exc)
-        except ClockSkewError as exc:
-            # Nothing was written; Customer.io retries a 503, and the clocks need fixing.
-            logger.error("refused to write a dedup mark: %s; check the clocks (NTP)", exc)
-            answer = Answer(
-                503, {"error": "service unavailable", "details": "this server's clock and "
-                      "the queue's (Redis) are too far apart; retry later"},
-                {"outcome": "refused", "reason": "clock_skew"},
-            )
-        except Exception:
-            logger.exception("unexpected error")
-            answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
-        body = encode_answer(answer.payload)
-        start_response(_STATUS_LINES[answer.status], [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("X-Request-Id", request_id),
-            *answer.headers,
-        ])
-        _log_request(answer, request_id, started)
-        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
-
-    def _redis_unavailable(self, exc: Exception) -> Answer:
-        logger.error("redis unavailable: %s", exc.__class__.__name__)
-        self._relay.metrics.rejected_for["redis_unavailable"].inc()
-        return Answer(503, REDIS_UNAVAILABLE, {"outcome": "refused", "reason": "redis_unavailable"})
-
-
-def receive_webhook(relay: Services, environ: dict[str, Any]) -> Answer:
+@blueprint.post(WEBHOOK_PATH, provide_automatic_options=False)
+def customerio_webhook() -> Response:
     """Verify, validate and queue one Customer.io reporting webhook."""
-    if environ.get("REQUEST_METHOD") != "POST":
-        raise Answer(
-            405, {"error": "method not allowed",
-                  "details": "The method is not allowed for the requested URL."},
-            {"outcome": "refused", "reason": "method_not_allowed"}, (("Allow", "POST"),),
+    relay = services(current_app)
+    try:
+        answer = receive_webhook(relay, request)
+    except Answer as refusal:
+        answer = refusal
+    except UNAVAILABLE_ERRORS as exc:
+        logger.error("redis unavailable: %s", exc.__class__.__name__)
+        relay.metrics.rejected_for["redis_unavailable"].inc()
+        answer = Answer(503, REDIS_UNAVAILABLE,
+                        {"outcome": "refused", "reason": "redis_unavailable"})
+    except FULL_ERRORS:
+        # Nothing was written (the script's first write is refused); Customer.io retries.
+        logger.error("redis is full (maxmemory): the event was not taken")
+        relay.metrics.rejected_for["redis_full"].inc()
+        answer = Answer(503, REDIS_FULL, {"outcome": "refused", "reason": "redis_full"})
+    except ClockSkewError as exc:
+        # Nothing was written; Customer.io retries a 503, and the clocks need fixing.
+        logger.error("refused to write a dedup mark: %s; check the clocks (NTP)", exc)
+        answer = Answer(
+            503, {"error": "service unavailable", "details": "this server's clock and "
+                  "the queue's (Redis) are too far apart; retry later"},
+            {"outcome": "refused", "reason": "clock_skew"},
         )
+    except Exception:
+        logger.exception("unexpected error")
+        answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
+    _log_request(answer, g.request_id, g.request_started)
+    return Response(encode_answer(answer.payload), answer.status, mimetype="application/json")
+
+
+def receive_webhook(relay: Services, incoming: Request) -> Answer:
+    """Verify, validate and queue one Customer.io reporting webhook."""
     config = relay.settings.webhook
     counters = relay.metrics
     counters.received.inc()
-    body = _read_body(environ, config["max_body_bytes"], relay)
+    body = _read_body(incoming, config["max_body_bytes"], relay)
     if config["require_signature"]:
+        headers = incoming.headers
         try:
             verify_signature(
                 body,
-                environ.get("HTTP_X_CIO_TIMESTAMP"),
-                environ.get("HTTP_X_CIO_SIGNATURE"),
+                headers.get("X-CIO-Timestamp"),
+                headers.get("X-CIO-Signature"),
                 relay.settings.secrets.signing_keys,
                 tolerance_seconds=config["timestamp_tolerance_seconds"],
                 now=time.time(),
             )
         except SignatureError as exc:
-            counters.rejected_for["signature"].inc()
-            raise Answer(401, {"error": "invalid signature", "details": str(exc)},
-                         {"outcome": "refused", "reason": "signature",
-                          "details": str(exc)}) from None
+            log: dict[str, Any] = {"outcome": "refused", "reason": "signature",
+                                   "details": str(exc)}
+            if isinstance(exc, StaleTimestampError):
+                log["reason"] = "stale_timestamp"
+                log["timestamp_age_seconds"] = round(exc.age_seconds, 1)
+            counters.rejected_for[log["reason"]].inc()
+            raise Answer(401, {"error": "invalid signature", "details": str(exc)}, log) from None
 
     try:
         payload = parse_json(body)
@@ -220,28 +190,25 @@ def _log_request(answer: Answer, request_id: str, started: float) -> None:
     ))
 
 
-def _read_body(environ: dict[str, Any], limit: int, relay: Services) -> bytes:
-    """The raw body; 413 past ``limit`` (read no further), with or without a Content-Length.
+def _read_body(incoming: Request, limit: int, relay: Services) -> bytes:
+    """The raw body; 413 past ``limit`` (read no further), chunked or not.
 
-    A streamed (chunked) body reaches the app with no Content-Length and, from gunicorn,
-    ``wsgi.input_terminated``; it is read to one byte past the limit, so a body cut at
-    the limit is never taken for the whole one.
+    Flask reads a streamed (chunked) body up to the request's maximum and stops there
+    without a word, so the maximum is one byte past the limit: a body cut at the limit
+    is never taken for the whole one.
     """
-    length = get_content_length(environ)
-    stream = environ["wsgi.input"]
-    if length is not None:
-        if length > limit:
-            _too_large(relay, limit)
-        return stream.read(length) if length else b""
-    if not environ.get("wsgi.input_terminated"):
-        return b""
-    body = stream.read(limit + 1)
+    incoming.max_content_length = limit + 1
+    try:
+        body = incoming.get_data(cache=False)
+    except RequestEntityTooLarge:
+        body = b""
+        _too_large(relay, limit)
     if len(body) > limit:
         _too_large(relay, limit)
     return body
 
 
-def _too_large(relay: Services, limit: int) -> None:
+def _too_large(relay: Services, limit: int) -> NoReturn:
     relay.metrics.rejected_for["body_too_large"].inc()
     raise Answer(
         413, {"error": "request entity too large",
@@ -308,8 +275,14 @@ def _queued_body(body: bytes, webhook: dict[str, Any]) -> str:
 def _ignored(
     relay: Services, webhook: dict[str, Any], name: str, log: dict[str, Any], reason: str
 ) -> Answer:
-    # Its story says why (for support's "where is event X"); nothing is queued.
-    relay.event_store.note_ignored(log["event_id"], name, mapping.routing_key(webhook), reason)
+    # Its story says why (for support's "where is event X"); nothing is queued. Only a
+    # note: a full Redis that refuses it does not change the answer.
+    try:
+        relay.event_store.note_ignored(
+            log["event_id"], name, mapping.routing_key(webhook), reason
+        )
+    except FULL_ERRORS:
+        log["note"] = "not kept: redis is full"
     relay.metrics.outcome["ignored"].inc()
     log["outcome"] = "ignored"
     log["reason"] = reason

@@ -8,12 +8,11 @@ import pytest
 from flask import Flask
 
 from app import create_app
-from app.catalog import CATALOG
-from app.keys import CONSUMER_GROUP
-from app.runner import build_worker
 from app.services import services
+from app.store.keys import CONSUMER_GROUP
+from app.to_mparticle.catalog import CATALOG
 from tests.conftest import ADMIN_TOKEN
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -29,7 +28,8 @@ def dead_letter_an_event(app: Flask, client: Any) -> dict[str, Any]:
     """Have the worker dead-letter an event that names no person; return the webhook."""
     payload = webhook("sms", "delivered", customer_id=None, email=None, delivery_id=None)
     send(client, payload)
-    build_worker(app).run(once=True)  # no HTTP: the event is dead-lettered before sending
+    # No HTTP: the event is dead-lettered before sending.
+    services(app).build_worker().run(once=True)
     return payload
 
 
@@ -212,7 +212,7 @@ def test_the_queue_shows_length_pending_oldest_age_and_dead_letters(client, app,
     send(client, webhook("email", "clicked"))
     send(client, body=b"{not json")
     relay = services(app)
-    build_worker(app).ensure_groups()
+    services(app).build_worker().consumer.ensure_groups()
     redis.xreadgroup(CONSUMER_GROUP, "some-worker", dict.fromkeys(relay.keys.queues(), ">"),
                      count=1)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from app import create_app, relay_state
-from app.runner import build_worker
+from app import create_app
 from app.services import services
+from app.store import relay_state
 from tests.conftest import ADMIN_TOKEN
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 CONSOLE = "/admin/console"
 
@@ -229,7 +229,8 @@ def test_queue_page_shows_length_age_throughput_and_mparticle_health(signed_in, 
     post_webhook(signed_in, webhook("sms", "delivered"))
     relay = services(app)
     pipe = relay.redis.pipeline()
-    relay_state.record_delivery(pipe, relay.keys, status=429, events=7, rate_limit_percent=87.5)
+    relay_state.record_delivery(pipe, relay.keys, relay.keys.mparticle_health, status=429,
+                                events=7, rate_limit_percent=87.5)
     pipe.execute()
 
     page = text(signed_in.get(f"{CONSOLE}/queue"))
@@ -272,7 +273,7 @@ def _dead_letter_of_an_anonymous_event(client: Any, app: Any) -> str:
     """Post an event that names nobody; the worker dead-letters it without sending."""
     payload = webhook("sms", "delivered", customer_id=None, email=None)
     assert post_webhook(client, payload).status_code == 202
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
     relay = services(app)
     (letter_id, fields), = relay.redis.xrange(relay.keys.dead_letters)
     assert fields["reason"] == "no customer_id or email identifies the person"

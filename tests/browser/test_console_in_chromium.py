@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import requests
 
-from app import create_app, relay_state
+from app import create_app
 from app.config import load_settings
-from app.runner import build_worker
 from app.services import services
+from app.store import relay_state
 from tests.conftest import ADMIN_TOKEN, STANDIN_KEY, STANDIN_SECRET, toml_text
-from tests.support.mparticle_standin import MParticleStandIn
-from tests.support.processes import REPO_ROOT, Deployment, process_env
-from tests.support.webhooks import SIGNING_KEY, encode, signed_headers, webhook
+from tests.helpers.mparticle_standin import MParticleStandIn
+from tests.helpers.processes import REPO_ROOT, Deployment, process_env
+from tests.helpers.webhooks import SIGNING_KEY, encode, signed_headers, webhook
 
 CHROMIUM = Path("/usr/bin/chromium")
 sync_api = pytest.importorskip(
@@ -164,7 +164,7 @@ def test_an_event_from_the_webhook_is_looked_up_and_counted_in_the_queue(page, r
     now = time.time()
     for minutes_ago, relayed in ((33, 5), (20, 75), (7, 12), (1, 40)):
         pipe = redis.pipeline()  # what a worker records after mParticle answers
-        relay_state.record_delivery(pipe, keys, status=202, events=relayed,
+        relay_state.record_delivery(pipe, keys, keys.mparticle_health, status=202, events=relayed,
                                     rate_limit_percent=12.5, now=now - 60 * minutes_ago)
         pipe.execute()
     sign_in(page)
@@ -195,7 +195,7 @@ def test_a_dead_letter_is_read_raw_and_replayed_from_the_console(page, relay, re
     anonymous = webhook("sms", "delivered", customer_id=None, email=None, delivery_id="d-anon")
     assert post_webhook(relay, anonymous).status_code == 202
     worker_app = create_app(load_settings(relay.env), redis_client=redis, role="cli")
-    build_worker(worker_app).run(once=True)  # names nobody: dead-lettered, not sent
+    services(worker_app).build_worker().run(once=True)  # names nobody: dead-lettered, not sent
     relay_services = services(worker_app)
     assert relay_services.queue_stats()["dead_letters"] == 2
     sign_in(page)

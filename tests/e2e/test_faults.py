@@ -26,13 +26,13 @@ import pytest
 import redis as redis_lib
 import requests
 
-from app import mapping
-from app.keys import CONSUMER_GROUP, KeySpace
 from app.services import REDIS_DECODING
+from app.store.keys import CONSUMER_GROUP, KeySpace
+from app.to_mparticle import mapping
 from tests.conftest import TEST_REDIS_URL
-from tests.support.mparticle_standin import MParticleStandIn, Reply
-from tests.support.processes import REPO_ROOT, Deployment, Process, process_env, wait_for
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.mparticle_standin import MParticleStandIn, Reply
+from tests.helpers.processes import REPO_ROOT, Deployment, Process, process_env, wait_for
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 pytestmark = pytest.mark.e2e
 

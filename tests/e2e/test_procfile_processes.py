@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import requests
 
-from app import catalog, mapping
+from app.to_mparticle import catalog, mapping
 from tests.conftest import ADMIN_TOKEN, STANDIN_KEY, STANDIN_SECRET, toml_text
-from tests.support.mparticle_standin import MParticleStandIn, Reply
-from tests.support.processes import REPO_ROOT, Deployment, process_env, wait_for
-from tests.support.webhooks import SIGNING_KEY, encode, signed_headers, webhook
+from tests.helpers.mparticle_standin import MParticleStandIn, Reply
+from tests.helpers.processes import REPO_ROOT, Deployment, process_env, wait_for
+from tests.helpers.webhooks import SIGNING_KEY, encode, signed_headers, webhook
 
 pytestmark = pytest.mark.e2e
 

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import requests
 
-from app import catalog, mapping
-from app.keys import KeySpace
+from app.store.keys import KeySpace
+from app.to_mparticle import catalog, mapping
 from tests.e2e.test_procfile_processes import _deployment, admin_get, post
-from tests.support.mparticle_standin import MParticleStandIn
-from tests.support.processes import Deployment
-from tests.support.redis_cluster import RedisCluster, redis_binaries_missing, running_cluster
-from tests.support.webhooks import webhook
+from tests.helpers.mparticle_standin import MParticleStandIn
+from tests.helpers.processes import Deployment
+from tests.helpers.redis_cluster import RedisCluster, redis_binaries_missing, running_cluster
+from tests.helpers.webhooks import webhook
 
 pytestmark = [
     pytest.mark.e2e,

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 import requests
 
-from app import mapping
 from app.services import build_redis, connect_timeout
+from app.to_mparticle import mapping
 from tests.e2e.test_procfile_processes import _deployment
-from tests.support.mparticle_standin import MParticleStandIn
-from tests.support.processes import REPO_ROOT, Deployment, wait_for
-from tests.support.redis_cluster import RedisServer, redis_binaries_missing
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.mparticle_standin import MParticleStandIn
+from tests.helpers.processes import REPO_ROOT, Deployment, wait_for
+from tests.helpers.redis_cluster import RedisServer, redis_binaries_missing
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 missing = redis_binaries_missing()
 pytestmark = pytest.mark.skipif(bool(missing), reason=str(missing))

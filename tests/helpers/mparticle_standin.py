@@ -7,7 +7,7 @@ can be scripted to fail (429, 5xx, hanging past a timeout, refusing one batch).
 
 It uses only the standard library, so it also runs as a separate process for end-to-end tests:
 
-    python -m tests.support.mparticle_standin --port 8099 --key K --secret S
+    python -m tests.helpers.mparticle_standin --port 8099 --key K --secret S
 
 which serves quietly until SIGTERM.
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 import redis as redis_lib
 
 from app.services import REDIS_DECODING
-from tests.support.processes import free_port
+from tests.helpers.processes import free_port
 
 
 def _port_is_free(port: int) -> bool:

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from app.webhooks.signature import sign
+from app.to_mparticle.signature import sign
 
 SIGNING_KEY = "test-signing-key"
 _counter = itertools.count(1)

@@ -19,18 +19,19 @@ import pytest
 import redis as redis_lib
 from flask import Flask
 
-from app import create_app, queue_entry, relay_state
-from app.deadletters import list_dead_letters, replay_dead_letters
-from app.keys import CONSUMER_GROUP
-from app.mapping import source_message_id
-from app.mparticle import RATE_LIMIT_HEADER, credential_id
-from app.runner import build_worker
+from app import create_app
+from app.relay.worker import RelayWorker
 from app.services import services
-from app.stories import find_event, first_flags
-from app.worker import RelayWorker
+from app.store import queue_entry, relay_state
+from app.store.dead_letters import list_dead_letters
+from app.store.keys import CONSUMER_GROUP
+from app.support import dead_letters as dead_letter_replay
+from app.to_mparticle.client import RATE_LIMIT_HEADER, credential_id
+from app.to_mparticle.mapping import source_message_id
 from tests.conftest import ADMIN_TOKEN, STANDIN_KEY, STANDIN_SECRET
-from tests.support.mparticle_standin import MParticleStandIn, Reply
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.mparticle_standin import MParticleStandIn, Reply
+from tests.helpers.stories import find_event, first_flags
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 FAST_RELAY = {
     "retry_schedule_seconds": [0.01, 0.02, 0.05],
@@ -145,7 +146,7 @@ def test_events_of_three_people_go_out_as_three_batches_in_one_request(app, mpar
                 event("cat", "delivered")]
     send(app, *payloads)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert len(mparticle.requests) == 1
     batches = mparticle.accepted_batches
@@ -163,7 +164,7 @@ def test_a_relayed_events_story_says_relayed_with_its_source_request_id(app, mpa
     payload = event("ann")
     send(app, payload)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     told = story(app, payload)
     (batch,) = mparticle.accepted_batches
@@ -180,7 +181,7 @@ def test_relayed_stories_of_many_people_in_one_request_each_name_their_own_batch
     payloads = [event(person) for person in ("ann", "bob", "cat", "dan", "eve", "fay")]
     send(app, *payloads)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     by_person = {batch["user_identities"]["customer_id"]: batch["source_request_id"]
                  for batch in mparticle.accepted_batches}
@@ -203,7 +204,7 @@ def test_relayed_stories_stay_short_enough_for_their_buckets_to_stay_compact(
         copy = client.post("/webhooks/customerio", data=body, headers=signed_headers(body))
         assert copy.get_json()["status"] == "duplicate"
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert {story(app, p)["status"] for p in payloads} == {"relayed"}
     buckets = list(redis.scan_iter(match="cior:*:marks:*"))
@@ -218,7 +219,7 @@ def test_the_queue_is_empty_and_nothing_pending_once_mparticle_accepts(app, mpar
     send(app, event("ann"), event("bob"))
     assert queue_state(app) == (2, 0)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert queue_state(app) == (0, 0)
     assert len(mparticle.source_message_ids()) == 2
@@ -226,7 +227,7 @@ def test_the_queue_is_empty_and_nothing_pending_once_mparticle_accepts(app, mpar
 
 def test_a_second_pass_sends_nothing_already_relayed(app, mparticle):
     send(app, event("ann"))
-    worker = build_worker(app)
+    worker = services(app).build_worker()
     worker.run(once=True)
 
     worked = worker.relay_pending()
@@ -252,7 +253,7 @@ def test_a_refused_for_now_request_is_retried_byte_identical_until_accepted(
     send(app, *payloads)
     mparticle.script(failure)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     first, retry = bulk_requests(mparticle)
     assert (first.status, retry.status) == (failure.status, 202)
@@ -271,7 +272,7 @@ def test_a_request_that_times_out_is_sent_again_with_the_same_source_request_id(
     # mParticle takes the request but answers after the relay has given up on it.
     mparticle.script(Reply(202, delay=1.0))
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     first, retry = bulk_requests(mparticle)
     assert retry.body == first.body  # so mParticle can drop the copy by source_request_id
@@ -290,7 +291,7 @@ def test_a_batch_mparticle_refuses_is_dead_lettered_and_the_others_are_delivered
     send(app, *good[:3], *bad, *good[3:])
     mparticle.reject_batches_where(lambda b: b["user_identities"]["customer_id"] == "mallory")
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert sorted(mparticle.source_message_ids()) == message_ids(*good)
     relay = services(app)
@@ -313,7 +314,7 @@ def test_refused_credentials_stop_sending_keep_everything_and_resume_by_themselv
     send(app, *payloads)
     refused = Reply(401, {"Content-Type": "application/json"}, '{"errors": []}')
     mparticle.script(refused, refused)  # the first send, then the first re-check
-    worker = build_worker(app)
+    worker = services(app).build_worker()
     client = app.test_client()
 
     worker.run(once=True)
@@ -335,11 +336,11 @@ def test_a_worker_restarted_with_corrected_credentials_makes_the_relay_ready_aga
 ):
     send(app, event("ann"))
     mparticle.script(Reply(401))
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
     client = app.test_client()
     assert client.get("/readyz").status_code == 503
-    restarted = build_worker(make_app())  # a new process with the corrected secret
-    restarted.consumer = "worker-after-restart"
+    restarted = services(make_app()).build_worker()  # a new process with the corrected secret
+    restarted.consumer.name = "worker-after-restart"
     later = event("bob")
     send(app, later)
 
@@ -355,7 +356,7 @@ def test_credentials_refused_while_splitting_a_refused_request_stop_the_other_ha
     payloads = [event("ann"), event("bob"), event("cat"), event("dan")]
     send(app, *payloads)
     mparticle.script(Reply(400), Reply(401))  # the whole request, then its first half
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
     worker.run(once=True)
 
@@ -376,7 +377,7 @@ def test_an_event_too_large_for_a_batch_is_dead_lettered_and_the_rest_delivered(
     small = event("bob")
     send(app, huge, small)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert mparticle.source_message_ids() == message_ids(small)
     relay = services(app)
@@ -392,7 +393,7 @@ def test_an_event_that_names_no_person_is_dead_lettered_and_never_sent(app, mpar
     somebody = event("ann")
     send(app, nobody, somebody)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert mparticle.source_message_ids() == message_ids(somebody)
     assert source_message_id(nobody["event_id"]).encode() not in b"".join(
@@ -427,7 +428,7 @@ def test_a_queue_entry_that_is_not_a_webhook_is_dead_lettered_and_the_rest_deliv
     keys = services(app).keys
     redis.xadd(keys.queue(keys.shard_for("ann")), fields)  # written by something else
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert mparticle.source_message_ids() == message_ids(good)
     (letter,) = list_dead_letters(redis, keys)
@@ -450,7 +451,7 @@ def test_an_unusable_binary_queue_entry_is_dead_lettered_as_text_people_can_read
     keys = services(app).keys
     redis.xadd(keys.queue(0), fields)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     (letter,) = list_dead_letters(redis, keys)
     assert letter["body"] == shown  # the JSON when it unpacks, else escaped: valid UTF-8
@@ -485,7 +486,7 @@ def test_a_body_is_queued_binary_and_relayed_or_dead_lettered_as_the_exact_json(
     assert [set(fields) for fields in queued] == [{"d"}, {"d"}]
     assert sorted(queue_entry.unpack(fields) for fields in queued) == sorted(bodies)
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert mparticle.source_message_ids() == message_ids(somebody)
     (letter,) = list_dead_letters(relay.redis, relay.keys)
@@ -501,8 +502,8 @@ def test_entries_a_killed_worker_left_pending_are_taken_over_and_delivered_once(
 ):
     payloads = [event("ann"), event("bob"), event("cat")]
     send(app, *payloads)
-    worker = build_worker(app)
-    worker.ensure_groups()
+    worker = services(app).build_worker()
+    worker.consumer.ensure_groups()
     keys = services(app).keys
     read = redis.xreadgroup(CONSUMER_GROUP, "dead-worker", dict.fromkeys(keys.queues(), ">"))
     assert sum(len(entries) for _, entries in read) == 3  # and it never acks them
@@ -525,8 +526,8 @@ def test_entries_a_killed_worker_left_pending_are_taken_over_and_delivered_once(
 def run_beside_one_waiting_to_retry(app: Flask, other: RelayWorker, mparticle: Any) -> None:
     """Worker A's pass gets a 429 (Retry-After: 2 s, past claim_idle_seconds) and waits;
     ``other`` (worker B) runs meanwhile until A's pass has ended."""
-    waiting = build_worker(app)
-    waiting.consumer, other.consumer = "worker-a", "worker-b"
+    waiting = services(app).build_worker()
+    waiting.consumer.name, other.consumer.name = "worker-a", "worker-b"
     mparticle.script(Reply(429, {"Retry-After": "2"}))
     first_pass = threading.Thread(target=waiting.run, kwargs={"once": True})
     first_pass.start()
@@ -541,7 +542,7 @@ def test_a_worker_waiting_to_retry_keeps_its_entries_from_another_worker(
 ):
     payload = event("ann")
     send(app, payload)
-    other = build_worker(make_app())
+    other = services(make_app()).build_worker()
 
     # Longer than claim_idle_seconds (1): worker A waits 2 s before it sends again.
     run_beside_one_waiting_to_retry(app, other, mparticle)
@@ -555,7 +556,7 @@ def test_a_worker_recreates_its_lost_consumer_group_and_carries_on(app, mparticl
     keys = services(app).keys
     before = [event("ann"), event("bob")]
     after = [event("cat"), event("dan")]
-    with Running(build_worker(app)):
+    with Running(services(app).build_worker()):
         send(app, *before)
         assert mparticle.wait_for_events(2, timeout=5)
         if loss == "group-destroyed":
@@ -582,7 +583,7 @@ def test_a_replayed_dead_letter_is_delivered_without_resetting_its_dedup_mark(
     payload = event("mallory")
     send(app, payload)
     mparticle.reject_batches_where(lambda b: True)
-    worker = build_worker(app)
+    worker = services(app).build_worker()
     worker.run(once=True)
     relay = services(app)
     (letter,) = list_dead_letters(relay.redis, relay.keys)
@@ -590,7 +591,7 @@ def test_a_replayed_dead_letter_is_delivered_without_resetting_its_dedup_mark(
     first_before = first_flags(redis, relay.keys, payload["data"]["delivery_id"])
     mparticle.reject_batches_where(None)
 
-    report = replay_dead_letters(relay.redis, relay.keys, [letter["id"]])
+    report = dead_letter_replay.replay(relay, [letter["id"]])
     worker.run(once=True)
 
     assert report.replayed == [letter["id"]]
@@ -614,12 +615,12 @@ def test_a_replay_of_all_dead_letters_delivers_each_event_once(app, mparticle):
     payloads = [event("ann"), event("bob")]
     send(app, *payloads)
     mparticle.reject_batches_where(lambda b: True)
-    worker = build_worker(app)
+    worker = services(app).build_worker()
     worker.run(once=True)
     mparticle.reject_batches_where(None)
     relay = services(app)
 
-    report = replay_dead_letters(relay.redis, relay.keys)
+    report = dead_letter_replay.replay(relay)
     worker.run(once=True)
 
     assert len(report.replayed) == 2
@@ -632,28 +633,28 @@ def test_a_replay_of_all_dead_letters_delivers_each_event_once(app, mparticle):
 def test_each_retry_waits_its_schedule_step_with_jitter_and_the_last_step_repeats(make_app):
     app = make_app({"relay": {"retry_schedule_seconds": [5, 300, 1800],
                               "retry_jitter_ratio": 0.2}})
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
     for attempt, step in [(1, 5), (2, 300), (3, 1800), (4, 1800), (50, 1800)]:
-        waits = [worker.retry_wait(attempt) for _ in range(200)]
+        waits = [worker.policy.retry_wait(attempt) for _ in range(200)]
         assert all(step * 0.8 <= wait <= step * 1.2 for wait in waits)
         assert len(set(waits)) > 1  # jittered, so workers do not retry in lockstep
 
 
 def test_without_jitter_a_wait_is_exactly_the_step(make_app):
     app = make_app({"relay": {"retry_schedule_seconds": [2, 7], "retry_jitter_ratio": 0.0}})
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
-    assert [worker.retry_wait(n) for n in (1, 2, 3)] == [2, 7, 7]
+    assert [worker.policy.retry_wait(n) for n in (1, 2, 3)] == [2, 7, 7]
 
 
 def test_retry_after_is_obeyed_and_capped_at_the_schedules_largest_step(make_app):
     app = make_app({"relay": {"retry_schedule_seconds": [5, 300, 1800]}})
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
-    assert worker.retry_wait(1, retry_after=42.0) == 42.0
-    assert worker.retry_wait(1, retry_after=0.0) == 0.0
-    assert worker.retry_wait(1, retry_after=10 * 86_400.0) == 1800  # a wrong header
+    assert worker.policy.retry_wait(1, retry_after=42.0) == 42.0
+    assert worker.policy.retry_wait(1, retry_after=0.0) == 0.0
+    assert worker.policy.retry_wait(1, retry_after=10 * 86_400.0) == 1800  # a wrong header
 
 
 @pytest.mark.parametrize("garbage", ["soon", "-5", "1.5", "NaN", "", "Thu, 99 Foo 2024"])
@@ -665,7 +666,7 @@ def test_a_garbage_retry_after_counts_as_absent_and_the_schedule_applies(
     send(app, payload)
     mparticle.script(Reply(429, {"Retry-After": garbage}))
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     assert [request.status for request in bulk_requests(mparticle)] == [429, 202]
     assert mparticle.source_message_ids() == message_ids(payload)
@@ -673,10 +674,9 @@ def test_a_garbage_retry_after_counts_as_absent_and_the_schedule_applies(
 
 def test_a_429_makes_a_second_worker_wait_too(make_app, mparticle):
     first_app = make_app({"relay": {"retry_schedule_seconds": [0.01, 30]}})
-    first = build_worker(first_app)
-    first.consumer = "worker-a"
-    second = build_worker(make_app({"relay": {"retry_schedule_seconds": [0.01, 30]}}))
-    second.consumer = "worker-b"
+    first = services(first_app).build_worker(consumer="worker-a")
+    second_app = make_app({"relay": {"retry_schedule_seconds": [0.01, 30]}})
+    second = services(second_app).build_worker(consumer="worker-b")
     send(first_app, event("ann"))
     mparticle.script(Reply(429, {"Retry-After": "20"}))
     first_pass = threading.Thread(target=first.run, kwargs={"once": True})
@@ -685,18 +685,18 @@ def test_a_429_makes_a_second_worker_wait_too(make_app, mparticle):
     send(first_app, event("bob"))
 
     with Running(second):
-        assert wait_until(lambda: second.throttled_for() > 0)
+        assert wait_until(lambda: second.throttle.seconds_left() > 0)
         time.sleep(0.5)  # far less than the 20 s the throttle asks for
         assert len(mparticle.requests) == 1  # worker B has not sent bob's event
     first.stop()
     first_pass.join(timeout=10)
     assert not first_pass.is_alive()
-    assert 10 < second.throttled_for() <= 20  # one key per credential, seen by both
+    assert 10 < second.throttle.seconds_left() <= 20  # one key per credential, seen by both
 
 
 def test_the_shared_throttle_key_names_a_hash_of_the_api_key_never_the_key(app, redis):
-    worker = build_worker(app)
-    worker.throttle_all(30, "test")
+    worker = services(app).build_worker()
+    worker.throttle.extend(30, "test")
 
     (key,) = redis.keys("*throttle*")
     assert STANDIN_KEY not in key
@@ -705,12 +705,12 @@ def test_the_shared_throttle_key_names_a_hash_of_the_api_key_never_the_key(app, 
 
 
 def test_a_shorter_wait_never_cuts_a_longer_one_short(app, redis):
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
-    worker.throttle_all(30, "retry-after")
-    worker.throttle_all(0.5, "backoff")
+    worker.throttle.extend(30, "retry-after")
+    worker.throttle.extend(0.5, "backoff")
 
-    assert worker.throttled_for() > 25
+    assert worker.throttle.seconds_left() > 25
 
 
 @pytest.mark.parametrize(
@@ -721,29 +721,29 @@ def test_the_pause_grows_as_mparticles_rate_limit_fills_up(make_app, percent, pa
     app = make_app({"relay": {"slow_down_at_rate_limit_percent": 80.0,
                               "slow_down_max_seconds": 2.0}})
 
-    assert build_worker(app)._slow_down_seconds(percent) == pytest.approx(pause)
+    assert services(app).build_worker().policy.slow_down_seconds(percent) == pytest.approx(pause)
 
 
 def test_a_nearly_used_rate_limit_slows_every_worker_down(app, mparticle):
     send(app, event("ann"))
     mparticle.script(Reply(202, {RATE_LIMIT_HEADER: "95"}))
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
     worker.run(once=True)
 
     assert mparticle.accepted_batches  # delivered, then the pause before the next send
-    assert 0 < worker.throttled_for() <= 1.0
-    assert build_worker(app).throttled_for() > 0
+    assert 0 < worker.throttle.seconds_left() <= 1.0
+    assert services(app).build_worker().throttle.seconds_left() > 0
 
 
 def test_a_little_used_rate_limit_does_not_slow_down(app, mparticle):
     send(app, event("ann"))
     mparticle.script(Reply(202, {RATE_LIMIT_HEADER: "12"}))
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
     worker.run(once=True)
 
-    assert worker.throttled_for() == 0
+    assert worker.throttle.seconds_left() == 0
 
 
 # -- what operators see ------------------------------------------------------------------
@@ -754,7 +754,7 @@ def test_the_console_state_records_mparticles_successes_and_failures(app, mparti
     send(app, event("ann"), event("bob"))
     mparticle.script(Reply(503), Reply(202, {RATE_LIMIT_HEADER: "42.5"}))
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     state = relay_state.read_relay_state(relay.redis, relay.keys)
     assert state["mparticle_last_status"] == 202
@@ -767,7 +767,7 @@ def test_a_failure_is_the_last_answer_the_console_shows_until_a_success(app, mpa
     send(app, event("ann"))
     mparticle.script(Reply(401))
 
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
 
     state = relay_state.read_relay_state(relay.redis, relay.keys)
     assert state["mparticle_last_status"] == 401
@@ -779,8 +779,8 @@ def test_each_mparticle_request_is_one_log_line_with_its_figures(app, mparticle,
     send(app, event("ann"), event("bob"), event("ann", "clicked"))
     mparticle.script(Reply(429, {"Retry-After": "0"}), Reply(202, {RATE_LIMIT_HEADER: "7"}))
 
-    with caplog.at_level(logging.INFO, logger="app.worker"):
-        build_worker(app).run(once=True)
+    with caplog.at_level(logging.INFO, logger="app.relay.worker"):
+        services(app).build_worker().run(once=True)
 
     lines = [r for r in caplog.records if r.getMessage().startswith("mParticle request")]
     assert [(r.outcome, r.status, r.attempt) for r in lines] == [
@@ -816,9 +816,10 @@ def test_an_unexpected_error_is_logged_and_the_worker_carries_on(app, mparticle,
     payloads = [event("ann"), event("bob")]
     send(app, *payloads)
     client = _FailsOnce(relay.mparticle_client())
-    worker = RelayWorker(relay.redis, relay.keys, client, relay.settings, relay.metrics)
+    worker = relay.build_worker()
+    worker.direction.client = client
 
-    with caplog.at_level(logging.ERROR, logger="app.worker"), Running(worker):
+    with caplog.at_level(logging.ERROR, logger="app.relay.worker"), Running(worker):
         assert mparticle.wait_for_events(2, timeout=10)
 
     assert sorted(mparticle.source_message_ids()) == message_ids(*payloads)
@@ -835,7 +836,7 @@ def test_a_worker_waiting_to_retry_keeps_every_entry_of_its_pass_from_another_wo
     app = make_app(sections)
     payloads = [event("ann"), event("bob")]
     send(app, *payloads)
-    other = build_worker(make_app(sections))
+    other = services(make_app(sections)).build_worker()
     other._wait_for_throttle = lambda: None  # B ignores the shared wait: only claims hold it
 
     run_beside_one_waiting_to_retry(app, other, mparticle)
@@ -846,10 +847,10 @@ def test_a_worker_waiting_to_retry_keeps_every_entry_of_its_pass_from_another_wo
 
 def test_a_429_without_retry_after_backs_off_exponentially_with_full_jitter(make_app):
     app = make_app({"relay": {"retry_schedule_seconds": [5, 300, 1800]}})
-    worker = build_worker(app)
+    worker = services(app).build_worker()
 
     for attempt, ceiling in [(1, 5), (2, 10), (3, 20), (9, 1280), (10, 1800), (60, 1800)]:
-        waits = [worker.retry_wait(attempt, throttled=True) for _ in range(300)]
+        waits = [worker.policy.retry_wait(attempt, throttled=True) for _ in range(300)]
         assert all(0 <= wait <= ceiling for wait in waits)
         assert min(waits) < ceiling * 0.2 and max(waits) > ceiling * 0.8  # full jitter
 
@@ -860,13 +861,11 @@ def test_a_stopped_worker_hands_what_it_did_not_send_to_the_next_at_once(make_ap
     payloads = [event("ann"), event("bob"), event("cat")]
     send(app, *payloads)
     mparticle.script(Reply(503))  # the first worker is left waiting to retry
-    leaving = build_worker(app)
-    leaving.consumer = "worker-a"
+    leaving = services(app).build_worker(consumer="worker-a")
     with Running(leaving):
         assert wait_until(lambda: len(mparticle.requests) == 1)
     assert queue_state(app) == (3, 3)  # still queued, still pending under the first worker
-    arriving = build_worker(app)
-    arriving.consumer = "worker-b"
+    arriving = services(app).build_worker(consumer="worker-b")
 
     arriving.run(once=True)
 
@@ -888,8 +887,7 @@ def consumers(redis: redis_lib.Redis, app: Flask) -> dict[str, int]:
 
 def test_a_worker_leaving_with_nothing_in_hand_is_no_longer_listed(app, mparticle, redis):
     send(app, event("ann"), event("bob"))
-    worker = build_worker(app)
-    worker.consumer = "leaving"
+    worker = services(app).build_worker(consumer="leaving")
 
     with Running(worker):
         assert wait_until(lambda: queue_state(app) == (0, 0))
@@ -900,8 +898,8 @@ def test_a_worker_leaving_with_nothing_in_hand_is_no_longer_listed(app, mparticl
 
 def test_gone_consumers_are_forgotten_unless_they_hold_entries(app, mparticle, redis):
     send(app, event("ann"), event("bob"), event("cat"))
-    worker = build_worker(app)
-    worker.ensure_groups()
+    worker = services(app).build_worker()
+    worker.consumer.ensure_groups()
     queues = services(app).keys.queues()
     # Three workers that died: one with entries in hand, two with nothing.
     redis.xreadgroup(CONSUMER_GROUP, "died-holding", dict.fromkeys(queues, ">"))
@@ -909,16 +907,16 @@ def test_gone_consumers_are_forgotten_unless_they_hold_entries(app, mparticle, r
         redis.xreadgroup(CONSUMER_GROUP, "died-empty-handed", {queue: "0"})
     assert consumers(redis, app) == {"died-holding": 3, "died-empty-handed": 0}
 
-    worker.forget_idle_consumers_seconds = 3600
-    assert worker.forget_gone_consumers() == 0  # not idle long enough
+    worker.consumer.forget_idle_consumers_seconds = 3600
+    assert worker.consumer.forget_gone_consumers() == 0  # not idle long enough
     time.sleep(0.05)
-    worker.forget_idle_consumers_seconds = 0.02
+    worker.consumer.forget_idle_consumers_seconds = 0.02
 
     empty_handed = sum(info["pending"] == 0 for queue in queues
                        for info in redis.xinfo_consumers(queue, CONSUMER_GROUP))
 
-    assert worker.forget_gone_consumers() == empty_handed
+    assert worker.consumer.forget_gone_consumers() == empty_handed
     assert consumers(redis, app) == {"died-holding": 3}  # its entries stay pending
-    worker.forget_idle_consumers_seconds = 3600
+    worker.consumer.forget_idle_consumers_seconds = 3600
     assert wait_until(lambda: worker.relay_pending() and mparticle.wait_for_events(3, 0))
     assert queue_state(app) == (0, 0)

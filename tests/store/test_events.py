@@ -12,11 +12,12 @@ import pytest
 import redis as redis_lib
 from redis.crc import key_slot
 
-from app import marks, queue_entry
-from app.keys import KeySpace
 from app.services import REDIS_DECODING
-from app.store import ClockSkewError, EventStore, IncomingEvent, Outcome
-from app.stories import find_event, first_flags, forget_event
+from app.store import marks, queue_entry
+from app.store.events import ClockSkewError, EventStore, IncomingEvent, Outcome
+from app.store.keys import KeySpace
+from app.store.stories import forget_event
+from tests.helpers.stories import find_event, first_flags
 
 EVENT_TTL = 8 * 24 * 3600
 FIRST_TTL = 90 * 24 * 3600

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.keys import CLOCK_SKEW_SECONDS, Generations, KeySpace
+from app.store.keys import CLOCK_SKEW_SECONDS, Generations, KeySpace
 
 DAY = 24 * 3600
 MARKS = Generations(ttl_seconds=8 * DAY, span_seconds=4 * DAY)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import catalog, marks
+from app.store import marks
+from app.to_mparticle import catalog
 
 ENTRY = "1795704496123-0"
 REQUEST_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "batch"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import queue_entry
+from app.store import queue_entry
 
 BODY = ('{"event_id":"01E4C4CT6YDC7Y5M7FE1GWWPQJ","object_type":"email","metric":"opened",'
         '"timestamp":1613063089,"data":{"customer_id":"42",'

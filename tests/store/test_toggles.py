@@ -10,11 +10,11 @@ import pytest
 import redis as redis_lib
 
 from app import create_app
-from app.catalog import CATALOG, default_toggles
-from app.keys import KeySpace
 from app.services import services
-from app.toggles import ToggleStore, UnknownEventTypeError
-from tests.support.webhooks import encode, signed_headers, webhook
+from app.store.keys import KeySpace
+from app.store.toggles import ToggleStore, UnknownEventTypeError
+from app.to_mparticle.catalog import CATALOG, default_toggles
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 REFRESH = 1.0
 

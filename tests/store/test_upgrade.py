@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from app.keys import KeySpace
-from app.store import EventStore, IncomingEvent, Outcome
-from app.stories import find_event, first_flags
-from app.upgrade import legacy_story, migrate
+from app.store.events import EventStore, IncomingEvent, Outcome
+from app.store.keys import KeySpace
+from app.store.upgrade import legacy_story, migrate
+from tests.helpers.stories import find_event, first_flags
 
 DAY = 24 * 3600
 PERSON = "42"

@@ -12,10 +12,9 @@ import pytest
 from flask import Flask
 
 from app import create_app
-from app.runner import build_worker
 from app.services import services
 from tests.conftest import STANDIN_SECRET
-from tests.support.webhooks import encode, signed_headers, webhook
+from tests.helpers.webhooks import encode, signed_headers, webhook
 
 
 def send(app: Flask, payload: Any = None, *, body: bytes | None = None) -> dict[str, Any]:
@@ -31,7 +30,7 @@ def dead_letter_an_event(app: Flask) -> dict[str, Any]:
     """Have the worker dead-letter an event that names no person; return the webhook."""
     payload = webhook("sms", "delivered", customer_id=None, email=None, delivery_id=None)
     send(app, payload)
-    build_worker(app).run(once=True)
+    services(app).build_worker().run(once=True)
     return payload
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import mapping
-from app.batching import (
+from app.to_mparticle import mapping
+from app.to_mparticle.batching import (
     Batch,
     QueuedEvent,
     build_batches,
@@ -19,7 +19,7 @@ from app.batching import (
     pack_requests,
     split_request,
 )
-from tests.support.webhooks import webhook
+from tests.helpers.webhooks import webhook
 
 MAX_BATCH_BYTES = 131072
 MAX_REQUEST_BYTES = 262144

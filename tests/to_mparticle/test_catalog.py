@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app import catalog
+from app.to_mparticle import catalog
+from tests.fixtures.customerio_openapi import load_facts
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = REPO_ROOT / "settings.toml"
-OPENAPI_FILE = (
-    REPO_ROOT.parent / "shared" / "reference" / "customerio-reporting-webhooks.openapi.json"
-)
-
-# The per-channel unions of the document's request body; each lists one schema per metric.
-EVENT_UNIONS = (
-    "customer_event", "email_event", "push_event", "sms_event", "whatsapp_event",
-    "slack_event", "webhook_event", "in_app_event",
-)
-# Known mistakes in the document: schema name -> the metric it really describes.
-# ``push_drafted`` says its metric enum is ["attempted"] (a copy of push_attempted).
-SPEC_ERRATA = {"push_drafted": "drafted"}
 
 FEED_DEFAULTS = {
     "email_sent", "email_delivered", "email_opened", "email_clicked", "email_converted",
@@ -36,48 +24,13 @@ FEED_DEFAULTS = {
 
 @pytest.fixture(scope="module")
 def openapi() -> dict[str, Any]:
-    if not OPENAPI_FILE.is_file():
-        pytest.skip(f"Customer.io's OpenAPI document is not at {OPENAPI_FILE}")
-    return json.loads(OPENAPI_FILE.read_text())
+    """What Customer.io's OpenAPI document says (tests/fixtures/customerio_openapi.py)."""
+    return load_facts()
 
 
-def _resolve(schemas: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        node = schemas[node["$ref"].rsplit("/", 1)[-1]]
-    return node
-
-
-def _enum_of(schemas: dict[str, Any], node: dict[str, Any], key: str) -> set[str]:
-    """The enum of a top-level property, through $ref and allOf (never into ``data``)."""
-    node = _resolve(schemas, node)
-    found: set[str] = set()
-    prop = node.get("properties", {}).get(key)
-    if prop is not None:
-        found |= set(_resolve(schemas, prop).get("enum", []))
-    for part in node.get("allOf", []):
-        found |= _enum_of(schemas, part, key)
-    return found
-
-
-def spec_event_types(openapi: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
+def spec_event_types(facts: dict[str, Any]) -> dict[str, set[tuple[str, str]]]:
     """Schema name -> the (object_type, metric) pairs it describes."""
-    schemas = openapi["components"]["schemas"]
-    described: dict[str, set[tuple[str, str]]] = {}
-    for union in EVENT_UNIONS:
-        for ref in schemas[union]["oneOf"]:
-            name = ref["$ref"].rsplit("/", 1)[-1]
-            schema = schemas[name]
-            metrics = _enum_of(schemas, schema, "metric")
-            if name in SPEC_ERRATA:
-                metrics = {SPEC_ERRATA[name]}
-            # The subscription-preferences schema names its channels "object_type_type".
-            object_types = _enum_of(schemas, schema, "object_type") or _enum_of(
-                schemas, schema, "object_type_type"
-            )
-            assert metrics, f"{name}: no metric enum found"
-            assert object_types, f"{name}: no object_type enum found"
-            described[name] = {(o, m) for o in object_types for m in metrics}
-    return described
+    return {name: {tuple(pair) for pair in pairs} for name, pairs in facts["event_types"].items()}
 
 
 def test_exactly_the_twenty_feed_events_are_on_by_default():
@@ -107,9 +60,8 @@ def test_every_event_type_in_the_openapi_document_is_in_the_catalog(openapi):
 
 
 def test_the_push_drafted_erratum_is_still_in_the_document(openapi):
-    schemas = openapi["components"]["schemas"]
-    # If Customer.io fixes it, SPEC_ERRATA above can go.
-    assert _enum_of(schemas, schemas["push_drafted"], "metric") == {"attempted"}
+    # If Customer.io fixes it, SPEC_ERRATA in tests/fixtures/customerio_openapi.py can go.
+    assert openapi["push_drafted_metric_enum"] == ["attempted"]
     assert catalog.lookup("push", "drafted") is not None
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from app.mparticle import (
+from app.to_mparticle.client import (
     REGION_BASE_URLS,
     AuthError,
     BulkResult,
@@ -30,9 +30,9 @@ from app.mparticle import (
     parse_retry_after,
     region_base_url,
 )
-from tests.support.mparticle_standin import MAX_BATCH_BYTES, MParticleStandIn, Reply
+from tests.helpers.mparticle_standin import MAX_BATCH_BYTES, MParticleStandIn, Reply
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key"
 SECRET = "test-secret"
 FEED_NAMESPACE = uuid.UUID("6f0e1a36-8d42-4d1e-9a64-3a1c1b0c2f11")
@@ -681,7 +681,7 @@ def test_standin_runs_standalone_quietly_until_sigterm(http):
     with socket.socket() as probe:  # a free port, for the child to bind
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "tests.support.mparticle_standin", "--port", str(port)]
+    command = [sys.executable, "-m", "tests.helpers.mparticle_standin", "--port", str(port)]
     command += ["--key", "k", "--secret", "s"]
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

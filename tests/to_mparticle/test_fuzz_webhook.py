@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import queue_entry
 from app.services import services
-from app.webhooks.endpoint import MAX_JSON_DEPTH, encode_answer, parse_json
-from tests.support import strategies
-from tests.support.webhooks import SIGNING_KEY, signed_headers, webhook
+from app.store import queue_entry
+from app.to_mparticle.webhook import MAX_JSON_DEPTH, encode_answer, parse_json
+from tests.helpers import strategies
+from tests.helpers.webhooks import SIGNING_KEY, signed_headers, webhook
 
 URL = "/webhooks/customerio"
 OUTCOMES_2XX = {"queued", "duplicate", "suppressed", "ignored", "quarantined"}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,16 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from app import catalog, mapping
-from app.batching import encode
-from app.webhooks.schemas import load_webhook
-from tests.support import strategies
-from tests.support.webhooks import webhook
-
-OPENAPI_FILE = (
-    Path(__file__).resolve().parent.parent.parent
-    / "shared" / "reference" / "customerio-reporting-webhooks.openapi.json"
-)
+from app.to_mparticle import catalog, mapping
+from app.to_mparticle.batching import encode
+from app.to_mparticle.schema import load_webhook
+from tests.fixtures.customerio_openapi import load_facts
+from tests.helpers import strategies
+from tests.helpers.webhooks import webhook
 
 # CONTRACT §5: the attributes copied from ``data`` when the webhook carries them.
 CONTRACT_ATTRIBUTES = (
@@ -195,11 +191,8 @@ def test_a_sent_email_leaves_out_its_body_headers_and_unlisted_fields():
 
 @pytest.fixture(scope="module")
 def openapi_examples() -> dict[str, dict[str, Any]]:
-    if not OPENAPI_FILE.is_file():
-        pytest.skip(f"Customer.io's OpenAPI document is not at {OPENAPI_FILE}")
-    document = json.loads(OPENAPI_FILE.read_text())
-    content = document["webhooks"]["reportingWebhook"]["post"]["requestBody"]["content"]
-    return {name: ex["value"] for name, ex in content["application/json"]["examples"].items()}
+    """Request examples of Customer.io's OpenAPI document (tests/fixtures)."""
+    return copy.deepcopy(load_facts()["examples"])
 
 
 def test_the_openapi_email_sent_example_maps_to_its_person_and_attributes(openapi_examples):

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from app.webhooks.schemas import _fast_envelope, _schema, load_webhook
-from tests.support import strategies
+from app.to_mparticle.schema import _fast_envelope, _schema, load_webhook
+from tests.helpers import strategies
 
 REQUIRED = ("event_id", "object_type", "metric", "timestamp", "data")
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.webhooks.signature import SignatureError, sign, verify_signature
+from app.to_mparticle.signature import SignatureError, sign, verify_signature
 
 KEY = b"test-signing-key"
 OLD_KEY = b"old-rotated-key"

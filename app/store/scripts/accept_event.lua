@@ -1,14 +1,14 @@
+-- uses: story_functions
 -- Accept one Customer.io event: dedup on event_id, first occurrence per delivery and
 -- event type, queue append. All or nothing, in one round trip: a mark is never written
--- without its queue entry (and the reverse), whatever crashes when. The functions of
--- app/marks.py (LUA_FUNCTIONS) come first.
+-- without its queue entry (and the reverse), whatever crashes when.
 --
 -- A script that fails half-way keeps the writes it already made (Redis has no rollback),
 -- so every check comes before the first write, and the XADD, the one write that can
 -- still fail (a queue key of the wrong type), comes before the others. Every other
 -- write goes to a key whose type a check above has already read.
 --
--- Marks and flags are fields of bucket hashes, one bucket per generation (app/keys.py).
+-- Marks and flags are fields of bucket hashes, one bucket per generation (app/store/keys.py).
 -- The caller passes every bucket that may hold this event's mark or its delivery's
 -- flag by its own clock (a missing one costs next to nothing to read); Redis's clock
 -- picks the one written to, the present generation's, so a bucket's
@@ -19,7 +19,7 @@
 --          the first of generation ARGV[7]); its delivery's first-occurrence buckets
 --          (the rest, oldest first, the first of generation ARGV[10]; none when the
 --          event names no delivery)
---            mark bucket   hash  event_id -> packed story (app/marks.py)
+--            mark bucket   hash  event_id -> packed story (app/store/marks.py)
 --            first bucket  hash  "<delivery_id>:<event type>" -> event_id forwarded
 -- ARGV     event_id, event type (escaped), body field ("d" packed, "b" plain), body,
 --          received_ms, mark bucket count, oldest mark generation, mark span, event_ttl,
@@ -31,6 +31,20 @@ local event_id, event_type, body_field, body = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 local last_mark = 1 + tonumber(ARGV[6])
 local check_first = ARGV[13] == '1'
 local first_field = ARGV[14]
+
+-- A write the answer does not depend on (counting a copy, a suppressed event's own
+-- mark): a full Redis (maxmemory, noeviction) refuses it with OOM, and the copy is
+-- still answered. Any other error stops the script as redis.call would.
+local function best_effort(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, '^OOM') then
+      return nil
+    end
+    return redis.error_reply(reply.err)
+  end
+  return reply
+end
 
 -- The delivery's flag for this type, read in every bucket (so the one that may be
 -- written has been read); false when there is none.
@@ -62,7 +76,7 @@ for i = last_mark, 2, -1 do
 end
 if story and not stale then
   -- Counting the copies is the one write on this path, to a bucket read above.
-  redis.call('HSET', mark, event_id, with_one_more_copy(story))
+  best_effort('HSET', mark, event_id, with_one_more_copy(story))
   if status == 's' then
     return {'suppressed', first_occurrence() or ''}
   end
@@ -99,27 +113,30 @@ if not mark_bucket or (check_first and not first_bucket) then
 end
 
 -- Writes. A bucket's expiry is set with its first field (the same for every field).
-local function put(bucket, field, value, expiry)
-  if redis.call('HSET', bucket, field, value) == 1 and redis.call('HLEN', bucket) == 1 then
+local function put(bucket, field, value, expiry, write)
+  if write('HSET', bucket, field, value) == 1 and redis.call('HLEN', bucket) == 1 then
     redis.call('EXPIREAT', bucket, expiry)
   end
 end
 
-local function remember(packed)
+local function remember(packed, write)
   if stale then
     redis.call('HDEL', mark, event_id)
   end
-  put(mark_bucket, event_id, packed, mark_expiry)
+  put(mark_bucket, event_id, packed, mark_expiry, write)
 end
 
 if earlier then
-  remember('s|' .. event_type .. '|' .. base36(tonumber(ARGV[5])) .. '|' .. ARGV[15])
+  remember('s|' .. event_type .. '|' .. base36(tonumber(ARGV[5])) .. '|' .. ARGV[15],
+           best_effort)
   return {'suppressed', earlier}
 end
 
 local entry = redis.call('XADD', queue, '*', body_field, body)
+-- The XADD above was the script's first write: once a script has written, Redis lets
+-- it finish its writes even when full, so the marks always go with the entry.
 if check_first then
-  put(first_bucket, first_field, event_id, first_expiry)
+  put(first_bucket, first_field, event_id, first_expiry, redis.call)
 end
-remember('q|' .. event_type .. '|' .. entry)
+remember('q|' .. event_type .. '|' .. entry, redis.call)
 return {'queued', entry}

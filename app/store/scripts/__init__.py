@@ -1,0 +1,31 @@
+"""Every Lua script the relay runs in Redis, one ``.lua`` file each, and their loader.
+
+A script whose first line is ``-- uses: story_functions`` gets ``story_functions.lua``
+(the story helpers of :mod:`app.store.marks`) put before it. Scripts are registered
+through redis-py's :meth:`redis.Redis.register_script`, which sends ``EVALSHA`` and
+loads the script when Redis does not have it (after a restart, say).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+_PRELUDE_LINE = "-- uses: "
+
+
+@cache
+def source(name: str) -> str:
+    """The text Redis runs for script ``name`` (its prelude included)."""
+    text = resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    first_line = text.split("\n", 1)[0]
+    if first_line.startswith(_PRELUDE_LINE):
+        prelude = first_line[len(_PRELUDE_LINE):].strip()
+        return source(prelude) + "\n" + text
+    return text
+
+
+def register(redis: Any, name: str) -> Any:
+    """A redis-py ``Script`` for ``name`` on this client (callable: keys=, args=, client=)."""
+    return redis.register_script(source(name))
