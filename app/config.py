@@ -24,8 +24,10 @@ DEFAULT_SETTINGS_FILE = PROJECT_ROOT / "settings.toml"
 
 DAY = 24 * 60 * 60
 
-# Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every 10 h; never dropped.
-DEFAULT_RETRY_SCHEDULE_SECONDS = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+# 5 s, 30 s, 2 min, then every 5 min; never dropped. The relay has one destination per
+# direction, so a long step would only hold the whole feed back after an outage ends:
+# no wait exceeds 5 minutes unless an operator sets longer steps.
+DEFAULT_RETRY_SCHEDULE_SECONDS = (5.0, 30.0, 120.0, 300.0)
 
 # The admin token opens every admin action, so it must be out of reach of guessing even
 # without the throttle: at least 32 characters (``openssl rand -hex 32`` gives 64).

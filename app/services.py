@@ -72,19 +72,8 @@ class Services:
         return self.extras["mparticle"]
 
     def require_redis_that_keeps_data(self) -> None:
-        """Refuse (ConfigError) a Redis whose maxmemory-policy may evict the relay's data.
-
-        A Redis that cannot be reached now is let pass: the process starts, /readyz
-        says not ready, and the webhook answers 503 until it can.
-        """
-        try:
-            problem = redis_health.eviction_problem(redis_health.memory_state(self.redis))
-        except redis_health.UNAVAILABLE_ERRORS as exc:
-            logger.warning("could not check Redis's maxmemory-policy at start (%s)",
-                           exc.__class__.__name__)
-            return
-        if problem:
-            raise ConfigError(f"REDIS_URL: {problem}")
+        """Refuse (ConfigError) a Redis whose maxmemory-policy may evict the relay's data."""
+        require_redis_that_keeps_data(self.redis)
 
     def to_mparticle_state_keys(self) -> StateKeys:
         """Where the Customer.io → mParticle workers keep what they saw of mParticle."""
@@ -200,6 +189,22 @@ def build_redis(settings: Settings) -> Any:
     import redis
 
     return redis.Redis.from_url(url, **options)
+
+
+def require_redis_that_keeps_data(redis: Any) -> None:
+    """Refuse (ConfigError) a Redis whose maxmemory-policy may evict the relay's data.
+
+    A Redis that cannot be reached now is let pass: the process starts, /readyz says
+    not ready, and the webhook answers 503 until it can.
+    """
+    try:
+        problem = redis_health.eviction_problem(redis_health.memory_state(redis))
+    except redis_health.UNAVAILABLE_ERRORS as exc:
+        logger.warning("could not check Redis's maxmemory-policy at start (%s)",
+                       exc.__class__.__name__)
+        return
+    if problem:
+        raise ConfigError(f"REDIS_URL: {problem}")
 
 
 def connect_timeout(socket_timeout: float) -> float:

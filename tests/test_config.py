@@ -17,7 +17,7 @@ SECRET_ENV = {
     "CIO_WEBHOOK_SIGNING_KEYS": "cio-key-one,cio-key-two",
     "MPARTICLE_API_KEY": "mp-key-abc",
     "MPARTICLE_API_SECRET": "mp-secret-xyz",
-    "RELAY_ADMIN_TOKEN": "admin-token-123",
+    "RELAY_ADMIN_TOKEN": "admin-token-123-of-at-least-32-chars",
     "REDIS_URL": "redis://:redis-password-789@redis.internal:6379/0",
 }
 
@@ -249,8 +249,21 @@ def test_without_redis_url_the_embedded_store_is_used(tmp_path):
 
 
 def test_the_admin_token_is_read_from_the_environment(tmp_path):
-    assert load_text(tmp_path, "", RELAY_ADMIN_TOKEN="t").secrets.admin_token == "t"
-    assert load_text(tmp_path, "").secrets.admin_token == ""
+    token = "t" * 32
+    assert load_text(tmp_path, "", RELAY_ADMIN_TOKEN=token).secrets.admin_token == token
+    assert load_text(tmp_path, "", RELAY_ADMIN_TOKEN=f" {token}\n").secrets.admin_token == token
+    assert load_text(tmp_path, "").secrets.admin_token == ""  # unset: the admin API is off
+    assert load_text(tmp_path, "", RELAY_ADMIN_TOKEN=" ").secrets.admin_token == ""
+
+
+@pytest.mark.parametrize("token", ["X", "t" * 31, f"  {'t' * 31}  "],
+                         ids=["one-character", "31-characters", "31-between-spaces"])
+def test_an_admin_token_shorter_than_32_characters_stops_the_start(tmp_path, token):
+    message = config_error(tmp_path, RELAY_ADMIN_TOKEN=token)
+
+    assert message.startswith("RELAY_ADMIN_TOKEN is too short")
+    assert "at least 32 characters" in message
+    assert token.strip() not in message  # the token is never echoed
 
 
 def test_the_repr_of_settings_and_secrets_never_shows_a_secret(tmp_path):
@@ -268,7 +281,7 @@ def test_the_repr_of_settings_and_secrets_never_shows_a_secret(tmp_path):
 
 def test_the_default_retry_schedule_is_svixs_with_jitter():
     relay = load_settings(environ={}).relay
-    assert relay["retry_schedule_seconds"] == [5, 300, 1800, 7200, 18000, 36000]
+    assert relay["retry_schedule_seconds"] == [5, 30, 120, 300]
     assert relay["retry_jitter_ratio"] == 0.2
     assert relay["slow_down_at_rate_limit_percent"] == 80
     assert relay["claim_idle_seconds"] > 3.05 + 10.0  # outlasts one request

@@ -78,7 +78,8 @@ class DeliveryPolicy:
         (``throttled``): exponential backoff from the schedule's first step with full
         jitter, so that workers throttled together spread out and come back as soon as
         the limit allows. Anything else (5xx, timeouts): the schedule, its last step
-        repeating forever.
+        repeating forever. Jitter never takes a wait past the largest step, so the
+        schedule's largest step bounds every wait.
         """
         schedule = self.retry_schedule_seconds
         if retry_after is not None:
@@ -88,7 +89,8 @@ class DeliveryPolicy:
             return random.uniform(0, ceiling)  # noqa: S311 - jitter, not security
         step = schedule[min(attempt, len(schedule)) - 1]
         ratio = self.retry_jitter_ratio
-        return random.uniform(step * (1 - ratio), step * (1 + ratio))  # noqa: S311 - jitter
+        jittered = random.uniform(step * (1 - ratio), step * (1 + ratio))  # noqa: S311 - jitter
+        return min(jittered, max(schedule))
 
     def slow_down_seconds(self, percent: float | None) -> float:
         """A pause that grows as the rate limit fills up, 0 below the threshold."""

@@ -23,6 +23,10 @@ _ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")
 # A destination's answer is kept up to this many characters: enough to read its reason.
 MAX_RESPONSE_CHARS = 2000
 
+# How long a replayed letter's claim is kept: a replay that races another one, or comes
+# back within the hour, is told the letter was replayed already.
+REPLAY_CLAIM_SECONDS = 3600
+
 
 def quarantined(body: bytes, reason: str, details: dict[str, Any], at_ms: int) -> dict[str, Any]:
     """The fields of a letter for a payload that was authenticated but is unusable."""
@@ -85,8 +89,25 @@ def find_dead_letter(redis: Any, keys: KeySpace, entry_id: str) -> dict[str, Any
     return _letter(entry_id, fields) if fields is not None else None
 
 
+def claim_for_replay(redis: Any, keys: KeySpace, entry_id: str) -> bool:
+    """Take a letter for this replay only (SET NX): False when another replay has it."""
+    return bool(redis.set(keys.replayed_letter(entry_id), str(int(time.time())), nx=True,
+                          ex=REPLAY_CLAIM_SECONDS))
+
+
+def was_replayed(redis: Any, keys: KeySpace, entry_id: str) -> bool:
+    """Whether a replay took this letter within the last REPLAY_CLAIM_SECONDS."""
+    return bool(redis.exists(keys.replayed_letter(entry_id)))
+
+
 def requeue(redis: Any, keys: KeySpace, entry_id: str, shard: int, body: str) -> None:
-    """Put a letter's body back on a queue shard as it is, and remove the letter."""
+    """Put a letter's body back on a queue shard as it is, and remove the letter.
+
+    Call it only with the letter claimed (:func:`claim_for_replay`): the claim, not
+    this step, makes two racing replays queue a letter once. The entry comes before the
+    removal, so a crash between the two keeps the letter (it can be replayed again once
+    the claim expires) rather than lose it.
+    """
     pipe = redis.pipeline(transaction=False)
     pipe.xadd(keys.queue(shard), {queue_entry.PLAIN_FIELD: body})
     pipe.xdel(keys.dead_letters, entry_id)

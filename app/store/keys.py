@@ -9,6 +9,7 @@ Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag
     cior:{q3}:first:<generation>:<b>    hash: "<delivery_id>:<event type>" -> the
                                         event_id forwarded first
     cior:dead-letters                   stream: events mParticle refused, quarantined payloads
+    cior:dead-letters:replayed:<id>     string: this letter was taken by a replay (1 hour)
     cior:toggles                        hash: admins' event-type overrides
     cior:mparticle:auth                 string: set while mParticle refuses the credentials
     cior:mparticle:health               hash: mParticle's last answer and rate-limit use
@@ -183,6 +184,10 @@ class KeySpace:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}:dead-letters"
+
+    def replayed_letter(self, entry_id: str) -> str:
+        """Set by the one replay that takes a letter: the others leave it alone."""
+        return f"{self.prefix}:dead-letters:replayed:{entry_id}"
 
     @property
     def toggles(self) -> str:

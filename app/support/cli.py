@@ -272,6 +272,8 @@ def dlq_replay(ids: tuple[str, ...], replay_all: bool) -> None:
     relay = _relay()
     report = dead_letter_replay.replay(relay, None if replay_all else list(ids))
     click.echo(f"replayed {len(report.replayed)}")
+    for entry_id in report.already_replayed:
+        click.echo(f"already replayed (by another replay): {entry_id}", err=True)
     for entry_id in report.not_found:
         click.echo(f"not found: {entry_id}", err=True)
     for entry_id, why in report.still_invalid.items():

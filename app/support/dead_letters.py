@@ -2,7 +2,9 @@
 
 A replayed body is checked again by its direction's decoder (``route``), which also
 names the person it belongs to, hence its queue shard. Dedup marks are not touched, so
-the original's marks neither block the replay nor are reset by it.
+the original's marks neither block the replay nor are reset by it. Each letter is
+claimed first, so however many replays race (two admins, the CLI beside the console),
+each letter is queued once; the others are told it was replayed already.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ class ReplayReport:
     """What a replay did, per dead-letter id."""
 
     replayed: list[str] = field(default_factory=list)
+    already_replayed: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
     still_invalid: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "replayed": self.replayed,
+            "already_replayed": self.already_replayed,
             "not_found": self.not_found,
             "still_invalid": self.still_invalid,
         }
@@ -50,16 +54,21 @@ def replay_dead_letters(
         letters = []
         for entry_id in ids:
             fields = dead_letters.stored_letter(redis, keys, entry_id)
-            if fields is None:
-                report.not_found.append(entry_id)
-            else:
+            if fields is not None:
                 letters.append((entry_id, fields))
+            elif dead_letters.was_replayed(redis, keys, entry_id):
+                report.already_replayed.append(entry_id)
+            else:
+                report.not_found.append(entry_id)
     for entry_id, fields in letters:
         body = fields.get("body", "")
         try:
             routing_key = route(body)
         except ValueError as exc:
             report.still_invalid[entry_id] = str(exc)[:300]
+            continue
+        if not dead_letters.claim_for_replay(redis, keys, entry_id):
+            report.already_replayed.append(entry_id)
             continue
         dead_letters.requeue(redis, keys, entry_id, keys.shard_for(routing_key), body)
         report.replayed.append(entry_id)

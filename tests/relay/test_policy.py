@@ -69,3 +69,20 @@ def test_a_taken_request_pauses_as_the_rate_limit_fills_up(percent, pause):
     assert decision.action is Action.DONE
     assert decision.wait_seconds == pytest.approx(pause)
     assert bool(decision.reason) is (pause > 0)
+
+
+def test_by_default_no_wait_between_two_tries_exceeds_five_minutes():
+    from app.config import DEFAULT_RETRY_SCHEDULE_SECONDS
+
+    default = policy(schedule=DEFAULT_RETRY_SCHEDULE_SECONDS, jitter=0.2)
+    waits = [default.after_error(RetryableError("503", status=503), attempt, 1).wait_seconds
+             for attempt in range(1, 40) for _ in range(20)]
+    throttled = [default.after_error(RetryableError("429", status=429), attempt, 1).wait_seconds
+                 for attempt in range(1, 40)]
+    assert max(waits + throttled) <= 300
+    assert max(waits) > 250  # the last step is reached, not avoided
+
+
+def test_jitter_never_takes_a_wait_past_the_largest_step():
+    waits = [policy(schedule=(5, 300), jitter=0.5).retry_wait(9) for _ in range(200)]
+    assert max(waits) == 300 and min(waits) >= 150
