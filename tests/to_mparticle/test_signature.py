@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.to_mparticle.signature import SignatureError, sign, verify_signature
+from app.to_mparticle.signature import (
+    SignatureError,
+    StaleTimestampError,
+    sign,
+    verify_signature,
+)
 
 KEY = b"test-signing-key"
 OLD_KEY = b"old-rotated-key"
@@ -62,6 +67,20 @@ def test_a_timestamp_beyond_the_tolerance_is_refused_in_the_past_and_the_future(
     stamp = str(NOW + offset)
     with pytest.raises(SignatureError, match="tolerance"):
         verify(timestamp=stamp, signature=sign(KEY, stamp, BODY))
+
+
+def test_a_correctly_signed_stale_timestamp_is_told_apart_with_its_age():
+    stamp = str(NOW - 3600)
+    with pytest.raises(StaleTimestampError) as refused:
+        verify(timestamp=stamp, signature=sign(KEY, stamp, BODY))
+    assert refused.value.age_seconds == 3600
+
+
+def test_a_wrong_signature_on_a_stale_timestamp_is_a_wrong_signature_not_a_stale_one():
+    stamp = str(NOW - 3600)
+    with pytest.raises(SignatureError, match="does not match") as refused:
+        verify(timestamp=stamp, signature=sign(b"someone-else", stamp, BODY))
+    assert not isinstance(refused.value, StaleTimestampError)
 
 
 @pytest.mark.parametrize("offset", [-TOLERANCE, TOLERANCE, 0])

@@ -482,3 +482,30 @@ def test_a_webhook_costs_one_redis_round_trip(make_settings, proxy, repeat):
 
     assert response.get_json()["status"] == repeat
     assert sends() - before == 1
+
+
+def _rejected(client: Any, reason: str) -> float:
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(f'cio_relay_webhooks_rejected_total{{reason="{reason}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_stale_timestamp_is_counted_and_logged_apart_from_a_wrong_signature(
+    client, log_lines
+):
+    body = encode(webhook())
+    stale_stamp = int(time.time()) - 3600  # signed by Customer.io's key an hour ago
+    before = (_rejected(client, "stale_timestamp"), _rejected(client, "signature"))
+
+    stale = client.post(URL, data=body, headers=signed_headers(body, timestamp=stale_stamp))
+    forged = client.post(URL, data=body, headers={**signed_headers(body),
+                                                  "X-CIO-Signature": "0" * 64})
+
+    assert (stale.status_code, forged.status_code) == (401, 401)
+    after = (_rejected(client, "stale_timestamp"), _rejected(client, "signature"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+    stale_line, forged_line = _webhook_lines(log_lines())
+    assert stale_line["reason"] == "stale_timestamp"
+    assert 3599 <= stale_line["timestamp_age_seconds"] <= 3700
+    assert forged_line["reason"] == "signature" and "timestamp_age_seconds" not in forged_line
