@@ -25,7 +25,8 @@ from tests.helpers.webhooks import SIGNING_KEY
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 STANDIN_KEY = "test-key"
 STANDIN_SECRET = "test-secret"
-ADMIN_TOKEN = "test-admin-token"
+# At least 32 characters, as the relay requires (app/config.py).
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 def toml_text(sections: dict[str, dict[str, Any]]) -> str:

@@ -1,6 +1,8 @@
 """The web console under /admin/: server-rendered pages for support and admins.
 
-Signed in with the admin token (a signed session cookie), every form CSRF-checked, no
+Signed in with the admin token (a signed session cookie that carries the id of a
+sign-in kept in Redis, so that signing out ends it for every copy of the cookie), wrong
+tokens throttled like the API's (:mod:`app.admin.guard`), every form CSRF-checked, no
 JavaScript. Thin over the same functions as the JSON API and the CLI: toggles,
 stories, dead letters, queue stats and what the workers last saw of mParticle.
 
@@ -12,7 +14,6 @@ Off (404) when ``RELAY_ADMIN_TOKEN`` is unset, like the API.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     make_response,
     redirect,
     render_template,
@@ -39,9 +41,11 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from app.admin import guard
 from app.services import services
 from app.store import dead_letters as letters_store
 from app.store import relay_state, stories
+from app.store.admin_guard import ConsoleSessions
 from app.support import dead_letters as dead_letter_replay
 from app.support.dead_letters import ReplayReport
 from app.to_mparticle import catalog
@@ -54,8 +58,11 @@ CONSOLE = "/admin/console"
 CONSOLE_PATH = CONSOLE + "/"
 # Who a change made here is recorded as, beside the CLI's "cli:<user>" and the API's "by".
 ACTOR = "console"
-# A sign-in lasts a working day; the cookie is signed, so this is checked on every request.
+# A sign-in lasts a working day from the moment it is made: the cookie's signature and
+# the sign-in's key in Redis both expire then.
 SESSION_LIFETIME = timedelta(hours=8)
+# The session cookie's field that holds the sign-in's id (ConsoleSessions).
+SESSION_ID = "sign_in"
 # How many dead letters the list shows, newest first (the CLI and API can page further).
 DEAD_LETTERS_SHOWN = 100
 # Endpoints a visitor may reach before signing in.
@@ -112,7 +119,7 @@ def require_sign_in() -> Response | None:
     """404 while the console is off; sign-in for every page but the entry; CSRF on POST."""
     if not services(current_app).settings.secrets.admin_token:
         abort(404)
-    if request.endpoint not in _PUBLIC and not session.get("admin"):
+    if request.endpoint not in _PUBLIC and not _signed_in():
         if request.method == "GET":
             return redirect(url_for(".sign_in", next=request.full_path.rstrip("?")))
         flash("Your sign-in has ended: sign in again, then repeat what you were doing.", "error")
@@ -166,9 +173,64 @@ def unexpected_error(exc: Exception) -> tuple[str, int]:
 
 
 def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
-    signed_in = bool(services(current_app).settings.secrets.admin_token and session.get("admin"))
+    signed_in = bool(services(current_app).settings.secrets.admin_token) and _shows_signed_in()
     return render_template("admin/error.html", status=status, title=title, message=message,
                            signed_in=signed_in), status
+
+
+# -- the sign-in kept in Redis ----------------------------------------------------------
+
+
+def _signed_in() -> bool:
+    """Whether this browser's sign-in is live on the server; Redis is asked once a request.
+
+    The cookie alone is not enough: it is signed, so it cannot be forged, but a copy of it
+    would outlive a sign-out. A cookie whose sign-in has ended is cleared.
+    """
+    if "console_signed_in" not in g:
+        g.console_signed_in = False  # until Redis answers: an error page never asks twice
+        session_id = session.get(SESSION_ID)
+        live = isinstance(session_id, str) and _sessions().is_live(session_id)
+        if session_id is not None and not live:
+            session.clear()
+        g.console_signed_in = live
+    return g.console_signed_in
+
+
+def _shows_signed_in() -> bool:
+    """For a page's navigation: like :func:`_signed_in`, but never raises (Redis down)."""
+    try:
+        return _signed_in()
+    except RedisError:
+        return False
+
+
+@blueprint.context_processor
+def show_navigation_only_to_a_live_sign_in() -> dict[str, bool]:
+    """The navigation and the sign-out button, for templates: never for an ended sign-in."""
+    return {"signed_in": _shows_signed_in()}
+
+
+def _start_sign_in() -> None:
+    """A fresh session with a new sign-in: nothing from before it carries over."""
+    _end_sign_in()  # a sign-in over a live one ends the old one
+    session[SESSION_ID] = _sessions().open(
+        lifetime_seconds=int(SESSION_LIFETIME.total_seconds()))
+    session.permanent = True
+    g.console_signed_in = True
+
+
+def _end_sign_in() -> None:
+    """End this browser's sign-in on the server, for every copy of its cookie."""
+    session_id = session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        _sessions().close(session_id)
+    session.clear()
+    g.console_signed_in = False
+
+
+def _sessions() -> ConsoleSessions:
+    return services(current_app).console_sessions
 
 
 # -- entry, sign-in, sign-out -------------------------------------------------------
@@ -177,44 +239,59 @@ def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
 @blueprint.get("/")
 def entry() -> Response:
     """The console's home when signed in, else its sign-in page."""
-    return redirect(url_for(".event_types" if session.get("admin") else ".sign_in"))
+    return redirect(url_for(".event_types" if _signed_in() else ".sign_in"))
 
 
 @blueprint.route("/console/login", methods=["GET", "POST"])
 def sign_in() -> Response | tuple[str, int]:
-    """Ask for the admin token; a match signs this browser in."""
+    """Ask for the admin token; a match signs this browser in, unless it is locked out."""
     next_page = _safe_next(request.values.get("next", ""))
     if request.method == "GET":
-        if session.get("admin"):
+        if _signed_in():
             return redirect(next_page or url_for(".event_types"))
         return render_template("admin/login.html", next=next_page), 200
+    lockout = guard.lockout_of_this_client()
+    if lockout is not None:
+        return _locked_out_page(next_page, lockout.seconds_left)
     token = services(current_app).settings.secrets.admin_token
-    given = request.form.get("token", "").strip()
-    if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
-        logger.warning("console sign-in refused: wrong token",
-                       extra={"remote_addr": request.remote_addr})
+    if not guard.token_matches(request.form.get("token", "").strip(), token):
+        guard.note_wrong_token("console sign-in")
         return render_template(
             "admin/login.html", next=next_page,
             error="That is not the admin token (RELAY_ADMIN_TOKEN). Check it and try again.",
         ), 401
-    session.clear()  # a fresh session: nothing from before the sign-in carries over
-    session["admin"] = True
-    session.permanent = True
-    logger.info("console sign-in", extra={"remote_addr": request.remote_addr})
+    _start_sign_in()
+    logger.info("console sign-in", extra={"remote_addr": guard.client_address()})
     flash("Signed in.", "success")
     return redirect(next_page or url_for(".event_types"), 303)
 
 
+def _locked_out_page(next_page: str | None, seconds_left: int) -> Response:
+    page = make_response(render_template(
+        "admin/login.html", next=next_page,
+        error=f"Too many wrong tokens were tried from your address: sign-in is refused for "
+              f"{seconds_left} s more, even with the right token.",
+    ), 429)
+    page.headers["Retry-After"] = str(seconds_left)
+    return page
+
+
 @blueprint.post("/console/logout")
 def sign_out() -> Response:
-    """Forget this browser's sign-in."""
-    session.clear()
+    """End this browser's sign-in, on the server too: a copy of the cookie stops working."""
+    _end_sign_in()
     flash("Signed out.", "success")
     return redirect(url_for(".sign_in"), 303)
 
 
 def _safe_next(target: str) -> str | None:
-    """A console path to return to after sign-in; never another site."""
+    """A console path to return to after sign-in; never another site, never a bad header.
+
+    A control character (CR, LF...) cannot go in a Location header: such a target is
+    ignored, not answered with a 500.
+    """
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in target):
+        return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or "\\" in target or not parts.path.startswith(CONSOLE + "/"):
         return None

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from flask import Flask
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app import create_app
-from app.services import services
+from app.services import REDIS_DECODING, services
 from app.store.keys import CONSUMER_GROUP
 from app.to_mparticle.catalog import CATALOG
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers.webhooks import encode, signed_headers, webhook
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# A guess that must never show up in a log line.
+WRONG = {"Authorization": "Bearer a-guess-at-the-admin-token-7f3a9c"}
+ELSEWHERE = {"REMOTE_ADDR": "198.51.100.7"}
 
 
 def send(client: Any, payload: Any = None, *, body: bytes | None = None) -> dict[str, Any]:
@@ -73,6 +81,146 @@ def test_a_put_without_the_token_changes_nothing(client, app):
 
     assert response.status_code == 401
     assert services(app).toggles.get("email_opened").override is None
+
+
+# -- throttle on wrong tokens ------------------------------------------------------------
+
+
+@pytest.fixture
+def app_log(app: Flask, caplog: pytest.LogCaptureFixture) -> Any:
+    """The app's log records (its logger does not propagate to the root's, where caplog is)."""
+    caplog.set_level(logging.INFO, logger="app")
+    app_logger = logging.getLogger("app")
+    app_logger.addHandler(caplog.handler)
+    yield caplog
+    app_logger.removeHandler(caplog.handler)
+
+
+def wrong_tokens(client: Any, count: int, **request: Any) -> list[int]:
+    return [client.get("/admin/queue", headers=WRONG, **request).status_code
+            for _ in range(count)]
+
+
+def test_ten_wrong_tokens_lock_the_address_out_with_429_even_for_the_right_token(client):
+    refused = wrong_tokens(client, 10)
+    locked_out = client.get("/admin/queue", headers=WRONG)
+    right_token = client.get("/admin/queue", headers=AUTH)
+
+    assert refused == [401] * 10
+    for response in (locked_out, right_token):
+        assert response.status_code == 429
+        assert set(response.get_json()) == {"error", "details"}
+        assert "retry in" in response.get_json()["details"]
+        assert 0 < int(response.headers["Retry-After"]) <= 60
+        assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_lockout_ends_with_its_window_which_more_guesses_do_not_extend(client, app, redis):
+    wrong_tokens(client, 12)
+    key = services(app).keys.admin_failures("127.0.0.1")
+    window_left = redis.pttl(key)
+    wrong_tokens(client, 5)  # refused unchecked while locked out: not counted
+
+    assert 0 < redis.pttl(key) <= window_left <= 60_000
+    assert redis.get(key) == "10"
+    redis.pexpire(key, 1)  # the window's last millisecond
+    time.sleep(0.01)
+    assert client.get("/admin/queue", headers=AUTH).status_code == 200
+
+
+def test_the_lockout_is_per_client_address(client):
+    wrong_tokens(client, 10)
+
+    assert client.get("/admin/queue", headers=AUTH).status_code == 429
+    assert client.get("/admin/queue", headers=AUTH,
+                      environ_overrides=ELSEWHERE).status_code == 200
+    assert wrong_tokens(client, 1, environ_overrides=ELSEWHERE) == [401]
+
+
+def test_every_web_process_sees_the_same_lockout(make_settings, redis):
+    one, other = (create_app(make_settings(), redis_client=redis).test_client()
+                  for _ in range(2))
+    wrong_tokens(one, 6)
+    wrong_tokens(other, 4)
+
+    assert one.get("/admin/queue", headers=AUTH).status_code == 429
+    assert other.get("/admin/queue", headers=AUTH).status_code == 429
+
+
+def test_requests_without_a_bearer_token_guess_nothing_and_are_not_counted(client):
+    for headers in ({}, {"Authorization": f"Basic {ADMIN_TOKEN}"}):
+        assert [client.get("/admin/queue", headers=headers).status_code
+                for _ in range(15)] == [401] * 15
+
+    assert client.get("/admin/queue", headers=AUTH).status_code == 200
+
+
+def test_each_wrong_token_is_logged_with_the_address_and_count_but_never_its_value(
+    client, app_log
+):
+    wrong_tokens(client, 10)
+    wrong_tokens(client, 3)  # refused while locked out: one 429 each, no log line each
+
+    lines = [record for record in app_log.records if "admin API refused" in record.message]
+    assert [(line.levelname, line.remote_addr, line.failures) for line in lines] == [
+        ("WARNING", "127.0.0.1", count) for count in range(1, 11)]
+    assert lines[-1].locked_out and "locked out" in lines[-1].message
+    assert "a-guess-at-the-admin-token" not in app_log.text
+    assert not any("a-guess-at-the-admin-token" in repr(vars(record))
+                   for record in app_log.records)
+
+
+def test_a_redis_that_is_down_answers_503_not_an_open_door(make_settings):
+    unreachable = redis_lib.Redis.from_url("redis://127.0.0.1:9/0", **REDIS_DECODING,
+                                           socket_connect_timeout=0.5,
+                                           retry=Retry(NoBackoff(), 0))
+    app = create_app(make_settings(), redis_client=unreachable)
+
+    response = app.test_client().get("/admin/queue", headers=AUTH)
+
+    assert response.status_code == 503
+    assert set(response.get_json()) == {"error", "details"}
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+# -- headers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("get", "/admin/queue", AUTH, 200),
+        ("get", "/admin/queue", {}, 401),
+        ("get", "/admin/queue", WRONG, 401),
+        ("post", "/admin/dead-letters/replay", AUTH, 400),
+        ("get", "/admin/no-such-endpoint", AUTH, 404),
+        ("delete", "/admin/queue", AUTH, 405),
+        ("get", "/admin", {}, 308),
+    ],
+    ids=["ok", "no-token", "wrong-token", "bad-request", "no-route", "bad-method", "redirect"],
+)
+def test_every_admin_answer_is_neither_stored_nor_sniffed(client, method, path, headers,
+                                                          status):
+    response = client.open(path, method=method.upper(), headers=headers)
+
+    assert response.status_code == status
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_404_of_an_admin_api_that_is_off_is_neither_stored_nor_sniffed(make_settings,
+                                                                            redis):
+    app = create_app(make_settings(RELAY_ADMIN_TOKEN=None), redis_client=redis)
+
+    response = app.test_client().get("/admin/queue")
+
+    assert response.status_code == 404
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_answers_outside_admin_keep_their_own_caching(client):
+    assert "Cache-Control" not in client.get("/healthz").headers
 
 
 # -- dedup -----------------------------------------------------------------------------

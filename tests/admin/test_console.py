@@ -11,14 +11,18 @@ import re
 from typing import Any
 
 import pytest
+import redis as redis_lib
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app import create_app
-from app.services import services
+from app.services import REDIS_DECODING, services
 from app.store import relay_state
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers.webhooks import encode, signed_headers, webhook
 
 CONSOLE = "/admin/console"
+ELSEWHERE = {"REMOTE_ADDR": "198.51.100.7"}
 
 
 def csrf_token(page: Any) -> str:
@@ -28,9 +32,16 @@ def csrf_token(page: Any) -> str:
     return match.group(1)
 
 
-def sign_in(client: Any, token: str = ADMIN_TOKEN) -> Any:
-    form = client.get(f"{CONSOLE}/login")
-    return client.post(f"{CONSOLE}/login", data={"token": token, "csrf_token": csrf_token(form)})
+def sign_in(client: Any, token: str = ADMIN_TOKEN, **request: Any) -> Any:
+    form = client.get(f"{CONSOLE}/login", **request)
+    return client.post(f"{CONSOLE}/login", data={"token": token, "csrf_token": csrf_token(form)},
+                       **request)
+
+
+def session_cookie(client: Any) -> str:
+    cookie = client.get_cookie("session", path="/admin")
+    assert cookie is not None, "no session cookie"
+    return cookie.value
 
 
 def submit(client: Any, page_path: str, form_url: str, **fields: str) -> Any:
@@ -89,6 +100,31 @@ def test_a_wrong_token_is_refused_with_401_and_is_never_logged(client, caplog):
     assert client.get(f"{CONSOLE}/events").status_code == 302
     assert "console sign-in refused" in caplog.text
     assert "a-guess-at-the-token" not in caplog.text
+    (line,) = [record for record in caplog.records if "sign-in refused" in record.message]
+    assert (line.levelname, line.remote_addr, line.failures) == ("WARNING", "127.0.0.1", 1)
+    assert not any("a-guess-at-the-token" in repr(vars(record)) for record in caplog.records)
+
+
+def test_ten_wrong_sign_ins_lock_the_address_out_even_for_the_right_token(client):
+    refused = [sign_in(client, token="a-guess").status_code for _ in range(10)]
+    locked_out = sign_in(client)
+
+    assert refused == [401] * 10
+    assert locked_out.status_code == 429
+    assert 0 < int(locked_out.headers["Retry-After"]) <= 60
+    assert "Too many wrong tokens were tried from your address" in text(locked_out)
+    assert client.get(f"{CONSOLE}/events").status_code == 302  # not signed in
+    assert sign_in(client, environ_overrides=ELSEWHERE).status_code == 303  # per address
+
+
+def test_wrong_tokens_at_the_api_and_the_console_draw_on_one_allowance(client):
+    for _ in range(5):
+        client.get("/admin/queue", headers={"Authorization": "Bearer a-guess"})
+        sign_in(client, token="a-guess")
+
+    assert sign_in(client).status_code == 429
+    assert client.get("/admin/queue", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+                      ).status_code == 429
 
 
 def test_signing_in_opens_the_console_and_signing_out_closes_it(client):
@@ -119,6 +155,100 @@ def test_sign_in_returns_to_the_console_page_asked_for_but_never_to_another_site
 
     assert back.headers["Location"] == f"{CONSOLE}/queue"
     assert elsewhere.headers["Location"] == f"{CONSOLE}/events"
+
+
+@pytest.mark.parametrize(
+    "next_page",
+    ["/admin/console/queue\r\nSet-Cookie: stolen=1", "/admin/console/queue\n",
+     "/admin/console/\x00", "/admin/console/\tqueue", "/admin/console/\x7f"],
+    ids=["crlf", "lf", "nul", "tab", "del"],
+)
+def test_a_next_page_with_a_control_character_is_ignored_never_a_500(client, next_page):
+    form = client.get(f"{CONSOLE}/login", query_string={"next": next_page})
+    signed = client.post(f"{CONSOLE}/login", data={
+        "token": ADMIN_TOKEN, "csrf_token": csrf_token(form), "next": next_page})
+    already = client.get(f"{CONSOLE}/login", query_string={"next": next_page})
+
+    assert form.status_code == 200
+    assert (signed.status_code, signed.location) == (303, f"{CONSOLE}/events")
+    assert (already.status_code, already.location) == (302, f"{CONSOLE}/events")
+
+
+# -- the sign-in kept in Redis -------------------------------------------------------------
+
+
+def test_a_copy_of_the_session_cookie_stops_working_at_sign_out(client, app):
+    sign_in(client)
+    copy = app.test_client()
+    copy.set_cookie("session", session_cookie(client), path="/admin")
+    before = copy.get(f"{CONSOLE}/events")
+
+    submit(client, f"{CONSOLE}/events", f"{CONSOLE}/logout")
+    page = copy.get(f"{CONSOLE}/events")
+    change = copy.post(f"{CONSOLE}/events/email_opened",
+                       data={"action": "off", "csrf_token": csrf_token(before)})
+
+    assert before.status_code == 200
+    assert (page.status_code, page.location) == (
+        302, f"{CONSOLE}/login?next=/admin/console/events")
+    assert (change.status_code, change.location) == (303, f"{CONSOLE}/login")
+    assert services(app).toggles.get("email_opened").override is None
+
+
+def test_a_sign_in_lives_in_redis_for_8_hours_under_a_hash_of_its_id(signed_in, app, redis):
+    (key,) = redis.keys(f"{services(app).keys.prefix}:admin:session:*")
+    cookie = app.session_interface.get_signing_serializer(app).loads(session_cookie(signed_in))
+
+    assert 8 * 3600 - 60 < redis.ttl(key) <= 8 * 3600
+    assert cookie["sign_in"] not in key  # reading Redis gives no id a cookie could carry
+    redis.delete(key)  # what its TTL does after 8 hours
+    assert signed_in.get(f"{CONSOLE}/events").status_code == 302
+
+
+def test_signing_in_again_ends_the_sign_in_before_it(client, redis):
+    sign_in(client)
+    first = redis.keys("*:admin:session:*")
+    form = client.get(f"{CONSOLE}/login", query_string={"next": "/admin/console/queue"})
+    assert form.status_code == 302  # already signed in: no form
+    client.post(f"{CONSOLE}/logout", data={"csrf_token": csrf_token(client.get(form.location))})
+    sign_in(client)
+
+    assert len(first) == 1 and first != redis.keys("*:admin:session:*")
+    assert len(redis.keys("*:admin:session:*")) == 1
+
+
+def test_a_console_whose_redis_is_down_answers_its_503_page(make_settings, proxy):
+    through_proxy = redis_lib.Redis.from_url(proxy.url, **REDIS_DECODING, socket_timeout=0.3,
+                                             retry=Retry(NoBackoff(), 0))
+    browser = create_app(make_settings(), redis_client=through_proxy).test_client()
+    assert sign_in(browser).status_code == 303
+    proxy.hang()  # Redis stops answering
+
+    for page in (browser.get(f"{CONSOLE}/events"), browser.get(f"{CONSOLE}/login")):
+        assert page.status_code == 503
+        assert page.mimetype == "text/html"
+        assert "Redis cannot be reached" in text(page)
+        assert page.headers["Cache-Control"] == "no-store"
+
+
+def test_every_console_answer_is_neither_stored_nor_sniffed(client):
+    answers = {
+        "sign-in page": client.get(f"{CONSOLE}/login"),
+        "to sign-in": client.get(f"{CONSOLE}/queue"),
+        "no csrf": client.post(f"{CONSOLE}/login", data={"token": ADMIN_TOKEN}),
+        "no page": client.get(f"{CONSOLE}/no-such-page"),
+        "wrong token": sign_in(client, token="a-guess"),
+    }
+    for _ in range(9):
+        sign_in(client, token="a-guess")
+    answers["locked out"] = sign_in(client)
+
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "sign-in page": 200, "to sign-in": 302, "no csrf": 400, "no page": 404,
+        "wrong token": 401, "locked out": 429}
+    for answer in answers.values():
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_a_form_posted_without_its_csrf_token_is_refused_with_400(client, app):
