@@ -456,10 +456,14 @@ def _flash_replay(report: ReplayReport) -> None:
               f"({', '.join(report.replayed[:5])}{'…' if count > 5 else ''}).", "success")
     for letter_id, problem in report.still_invalid.items():
         flash(f"Kept {letter_id}: it is still not a usable webhook ({problem}).", "error")
+    for letter_id in report.already_replayed:
+        flash(f"{letter_id} was replayed already (by another replay): not queued twice.",
+              "info")
     for letter_id in report.not_found:
         flash(f"There is no dead letter {letter_id}: it may have been replayed already.",
               "error")
-    if not (report.replayed or report.still_invalid or report.not_found):
+    if not (report.replayed or report.still_invalid or report.not_found
+            or report.already_replayed):
         flash("There were no dead letters to replay.", "info")
 
 

@@ -14,11 +14,11 @@ import logging
 import time
 from typing import Any, NoReturn
 
-import orjson
 from flask import Blueprint, Request, Response, current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app import json_body
 from app.errors import INTERNAL_ERROR, REDIS_FULL, REDIS_UNAVAILABLE
 from app.services import Services, services
 from app.store.events import ClockSkewError, IncomingEvent
@@ -35,18 +35,6 @@ blueprint = Blueprint("customerio_webhook", __name__)
 
 # Keys of "sent" events that can carry a whole message body; not forwarded, not kept.
 _BULKY_FIELDS = ("content", "headers")
-
-# Customer.io's webhooks nest four levels deep. JSON nested far deeper is junk, and one
-# nested near Python's recursion limit could be parsed here yet not by the worker (or
-# not re-encoded here): it is quarantined instead.
-MAX_JSON_DEPTH = 64
-
-# A run of 19 digits may be an integer past 64 bits, which orjson reads as a float. To
-# find one, every digit becomes "9" and every other byte a space (a regular expression
-# took longer than json.loads itself).
-_ONLY_DIGITS = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
-_LONG_NUMBER = b"9" * 19
-
 
 class Answer(Exception):
     """A finished answer: status, JSON payload and the log line's fields.
@@ -91,7 +79,8 @@ def customerio_webhook() -> Response:
         logger.exception("unexpected error")
         answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
     _log_request(answer, g.request_id, g.request_started)
-    return Response(encode_answer(answer.payload), answer.status, mimetype="application/json")
+    return Response(json_body.encode_answer(answer.payload), answer.status,
+                    mimetype="application/json")
 
 
 def receive_webhook(relay: Services, incoming: Request) -> Answer:
@@ -121,13 +110,13 @@ def receive_webhook(relay: Services, incoming: Request) -> Answer:
             raise Answer(401, {"error": "invalid signature", "details": str(exc)}, log) from None
 
     try:
-        payload = parse_json(body)
+        payload = json_body.parse_json(body)
     except (ValueError, RecursionError) as exc:  # ValueError includes UnicodeDecodeError
         return _quarantine(relay, body, "body is not JSON", {"_body": [str(exc)[:200]]})
-    # Counting brackets is a C-speed scan that rules out deep nesting for nearly every body.
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nested_too_deep(payload):
+    if json_body.too_deep(body, payload):
+        depth = json_body.MAX_JSON_DEPTH
         return _quarantine(relay, body, "body is nested too deep",
-                           {"_body": [f"JSON nested deeper than {MAX_JSON_DEPTH} levels"]})
+                           {"_body": [f"JSON nested deeper than {depth} levels"]})
     try:
         webhook = load_webhook(payload)
     except ValidationError as exc:
@@ -215,49 +204,6 @@ def _too_large(relay: Services, limit: int) -> NoReturn:
               "details": f"the body is over {limit} bytes ([webhook] max_body_bytes)"},
         {"outcome": "refused", "reason": "body_too_large"},
     )
-
-
-def _nested_too_deep(payload: Any) -> bool:
-    """Whether lists and objects nest deeper than MAX_JSON_DEPTH (without recursing)."""
-    pending = [(payload, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if isinstance(value, dict):
-            value = value.values()
-        elif not isinstance(value, list):
-            continue
-        if depth > MAX_JSON_DEPTH:
-            return True
-        pending.extend((child, depth + 1) for child in value)
-    return False
-
-
-def parse_json(body: bytes) -> Any:
-    """The body's JSON exactly as Python's json reads it, most often by orjson (faster).
-
-    orjson gives json's answer for any body it reads, except an integer past 64 bits (a
-    float to orjson): a body with a run of 19 digits goes to json. So does a body orjson
-    refuses, and json reads or refuses it as before: a BOM, UTF-16, lone surrogates, a
-    number out of a double's range, nesting past 1,024. Both refuse NaN and Infinity.
-    """
-    if _LONG_NUMBER not in body.translate(_ONLY_DIGITS):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(body, parse_constant=_refuse_constant)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def encode_answer(payload: dict[str, Any]) -> bytes:
-    """The JSON body of an answer (orjson; the standard encoder for what it refuses)."""
-    try:
-        return orjson.dumps(payload)
-    except TypeError:  # orjson refuses a lone surrogate, or a key that is not a str
-        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _queued_body(body: bytes, webhook: dict[str, Any]) -> str:

@@ -398,10 +398,22 @@ def test_replaying_a_dead_letter_by_id_queues_it_again_and_removes_the_letter(cl
     )
 
     assert response.status_code == 200
-    assert response.get_json() == {"replayed": [letter["id"]], "not_found": [],
-                                   "still_invalid": {}}
+    assert response.get_json() == {"replayed": [letter["id"]], "already_replayed": [],
+                                   "not_found": [], "still_invalid": {}}
     assert queue_length(app) == 1
     assert client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"] == []
+
+
+def test_replaying_a_letter_again_says_it_was_replayed_already_and_queues_nothing(client, app):
+    dead_letter_an_event(app, client)
+    (letter,) = client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"]
+    client.post("/admin/dead-letters/replay", json={"ids": [letter["id"]]}, headers=AUTH)
+
+    again = client.post("/admin/dead-letters/replay", json={"ids": [letter["id"]]},
+                        headers=AUTH).get_json()
+
+    assert (again["replayed"], again["already_replayed"]) == ([], [letter["id"]])
+    assert queue_length(app) == 1
 
 
 def test_replaying_all_keeps_the_letters_that_are_still_not_webhooks(client, app):

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.e2e
 SIGNING_KEY = "sk-cio-FAULTS-7f3a9c51"
 MP_KEY = "mpkey-FAULTS-41d2e8aa"
 MP_SECRET = "mpsecret-FAULTS-b95c07ee"
-ADMIN_TOKEN = "admintok-FAULTS-0c6e1d77"
+ADMIN_TOKEN = "admintok-FAULTS-0c6e1d77-of-32-characters"
 SECRETS = {
     "signing key": SIGNING_KEY,
     "mParticle key": MP_KEY,

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app.services import services
 from app.store import queue_entry
-from app.to_mparticle.webhook import MAX_JSON_DEPTH, encode_answer, parse_json
+from app.json_body import MAX_JSON_DEPTH, encode_answer, parse_json
 from tests.helpers import strategies
 from tests.helpers.webhooks import SIGNING_KEY, signed_headers, webhook
 
