@@ -56,6 +56,7 @@ def create_app(
 
 def _check_web_settings(settings: Settings) -> None:
     settings.require_signing_keys()
+    settings.require_customerio()
     if settings.embedded:
         settings.require_mparticle()
         logger.warning(
@@ -96,9 +97,12 @@ def _register_blueprints(app: Flask) -> None:
     from app.admin.api import blueprint as admin_api
     from app.admin.console import init_console
     from app.health import blueprint as health
+    from app.to_customerio.webhook import blueprint as mparticle_webhook
     from app.to_mparticle.webhook import blueprint as customerio_webhook
 
     app.register_blueprint(customerio_webhook)
+    if services(app).settings.to_customerio_enabled:  # else /webhooks/mparticle is a 404
+        app.register_blueprint(mparticle_webhook)
     app.register_blueprint(health)
     app.register_blueprint(admin_api)
     init_console(app)  # the web console, its session and CSRF checks
@@ -132,9 +136,14 @@ def _start_embedded_worker_on_first_request(app: Flask) -> None:
         with lock:
             if "worker_thread" in services(app).extras:
                 return
-            worker = services(app).build_worker()
-            thread = threading.Thread(target=worker.run, name="relay-worker", daemon=True)
-            services(app).extras["worker"] = worker
-            services(app).extras["worker_thread"] = thread
-            thread.start()
-            logger.info("embedded worker started in this process")
+            workers = services(app).build_workers()
+            threads = [threading.Thread(target=worker.run, daemon=True,
+                                        name=f"relay-{worker.direction.name}")
+                       for worker in workers]
+            services(app).extras["worker"] = workers[0]
+            services(app).extras["workers"] = workers
+            services(app).extras["worker_thread"] = threads[0]
+            for thread in threads:
+                thread.start()
+            logger.info("embedded worker started in this process (%s)",
+                        ", ".join(worker.direction.name for worker in workers))

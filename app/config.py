@@ -33,6 +33,12 @@ DEFAULT_RETRY_SCHEDULE_SECONDS = (5.0, 30.0, 120.0, 300.0)
 # without the throttle: at least 32 characters (``openssl rand -hex 32`` gives 64).
 ADMIN_TOKEN_MIN_LENGTH = 32
 
+# Customer.io's Track API by region (CUSTOMERIO_REGION; CUSTOMERIO_BASE_URL overrides it).
+CUSTOMERIO_REGION_BASE_URLS = {
+    "us": "https://track.customer.io",
+    "eu": "https://track-eu.customer.io",
+}
+
 
 class ConfigError(Exception):
     """Configuration is missing, malformed or contradictory; the message is one line."""
@@ -139,10 +145,37 @@ class LoggingSection(_Section):
     format = fields.String(load_default="json", validate=validate.OneOf(["json", "text"]))
 
 
+class CustomerIOSection(_Section):
+    user_id_type = fields.String(
+        load_default="prefer_customer_id",
+        validate=validate.OneOf(["prefer_customer_id", "customer_id", "email"]),
+    )
+    include_user_attributes = StrictBoolean(load_default=True)
+    send_created_at = StrictBoolean(load_default=False)
+    forward_screen_views = StrictBoolean(load_default=True)
+    forward_commerce_events = StrictBoolean(load_default=False)
+    one_attribute_per_audience = StrictBoolean(load_default=False)
+    dry_run = StrictBoolean(load_default=False)
+    max_body_bytes = _positive_int(1024 * 1024)
+    max_items_per_request = fields.Integer(
+        strict=True, load_default=100, validate=validate.Range(min=1, max=1000)
+    )
+    max_request_bytes = fields.Integer(
+        strict=True, load_default=500 * 1000, validate=validate.Range(min=1024, max=500 * 1000)
+    )
+    max_item_bytes = fields.Integer(
+        strict=True, load_default=32 * 1000, validate=validate.Range(min=1024, max=32 * 1000)
+    )
+    max_requests_per_second = _positive_float(100.0)
+    connect_timeout_seconds = _positive_float(3.05)
+    read_timeout_seconds = _positive_float(10.0)
+
+
 SECTIONS: dict[str, type[Schema]] = {
     "webhook": WebhookSection,
     "dedup": DedupSection,
     "mparticle": MParticleSection,
+    "customerio": CustomerIOSection,
     "relay": RelaySection,
     "redis": RedisSection,
     "logging": LoggingSection,
@@ -157,6 +190,11 @@ class Secrets:
     mparticle_api_key: str = field(default="", repr=False)
     mparticle_api_secret: str = field(default="", repr=False)
     admin_token: str = field(default="", repr=False)
+    # mParticle → Customer.io: the Authorization values mParticle's Webhook output sends,
+    # and Customer.io's Track API credentials.
+    mparticle_webhook_authorizations: tuple[str, ...] = field(default=(), repr=False)
+    customerio_site_id: str = field(default="", repr=False)
+    customerio_api_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,6 +205,7 @@ class Settings:
     events: dict[str, bool]
     dedup: dict[str, Any]
     mparticle: dict[str, Any]
+    customerio: dict[str, Any]
     relay: dict[str, Any]
     redis: dict[str, Any]
     logging: dict[str, Any]
@@ -175,6 +214,8 @@ class Settings:
     mparticle_base_url: str
     secrets: Secrets
     source: str
+    customerio_region: str = "us"
+    customerio_base_url: str = "https://track.customer.io"
 
     @property
     def embedded(self) -> bool:
@@ -191,6 +232,25 @@ class Settings:
             raise ConfigError(
                 "CIO_WEBHOOK_SIGNING_KEYS is not set, but [webhook] require_signature is true: "
                 "set the Customer.io signing key(s)"
+            )
+
+    @property
+    def to_customerio_enabled(self) -> bool:
+        """Whether mParticle's Webhook output is taken (MPARTICLE_WEBHOOK_AUTHORIZATION set)."""
+        return bool(self.secrets.mparticle_webhook_authorizations)
+
+    @property
+    def has_customerio_credentials(self) -> bool:
+        return bool(self.secrets.customerio_site_id and self.secrets.customerio_api_key)
+
+    def require_customerio(self) -> None:
+        """Stop a process that would take mParticle's data with nowhere to send it."""
+        if (self.to_customerio_enabled and not self.has_customerio_credentials
+                and not self.customerio["dry_run"]):
+            raise ConfigError(
+                "MPARTICLE_WEBHOOK_AUTHORIZATION is set but CUSTOMERIO_SITE_ID and "
+                "CUSTOMERIO_API_KEY are not: set both, or set [customerio] dry_run = true to "
+                "only log what would be sent"
             )
 
     def require_mparticle(self) -> None:
@@ -220,8 +280,33 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         mparticle_base_url=_mparticle_base_url(env),
         secrets=_load_secrets(env),
         source=str(path),
+        customerio_region=_customerio_region(env),
+        customerio_base_url=_customerio_base_url(env),
         **sections,
     )
+
+
+def _customerio_region(env: Mapping[str, str]) -> str:
+    region = (env.get("CUSTOMERIO_REGION") or "us").strip().lower()
+    if region not in CUSTOMERIO_REGION_BASE_URLS:
+        allowed = ", ".join(CUSTOMERIO_REGION_BASE_URLS)
+        raise ConfigError(f"CUSTOMERIO_REGION: unknown region {region!r}; allowed: {allowed}")
+    return region
+
+
+def _customerio_base_url(env: Mapping[str, str]) -> str:
+    override = env.get("CUSTOMERIO_BASE_URL", "").strip()
+    if override:
+        if not override.startswith(("http://", "https://")):
+            raise ConfigError("CUSTOMERIO_BASE_URL must start with http:// or https://")
+        return override.rstrip("/")
+    return CUSTOMERIO_REGION_BASE_URLS[_customerio_region(env)]
+
+
+def _authorizations(env: Mapping[str, str]) -> tuple[str, ...]:
+    """MPARTICLE_WEBHOOK_AUTHORIZATION: comma-separated values, each trimmed."""
+    raw = env.get("MPARTICLE_WEBHOOK_AUTHORIZATION", "")
+    return tuple(value.strip() for value in raw.split(",") if value.strip())
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -308,11 +393,19 @@ def _load_secrets(env: Mapping[str, str]) -> Secrets:
     if bool(api_key) != bool(api_secret):
         missing = "MPARTICLE_API_SECRET" if api_key else "MPARTICLE_API_KEY"
         raise ConfigError(f"{missing} is not set: mParticle needs both the key and the secret")
+    site_id = env.get("CUSTOMERIO_SITE_ID", "").strip()
+    track_key = env.get("CUSTOMERIO_API_KEY", "").strip()
+    if bool(site_id) != bool(track_key):
+        missing = "CUSTOMERIO_API_KEY" if site_id else "CUSTOMERIO_SITE_ID"
+        raise ConfigError(f"{missing} is not set: Customer.io's Track API needs both")
     return Secrets(
         signing_keys=keys,
         mparticle_api_key=api_key,
         mparticle_api_secret=api_secret,
         admin_token=_admin_token(env),
+        mparticle_webhook_authorizations=_authorizations(env),
+        customerio_site_id=site_id,
+        customerio_api_key=track_key,
     )
 
 

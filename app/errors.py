@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from app.services import metrics
+from app.extension import services
 from app.store.redis_health import FULL_ERRORS, UNAVAILABLE_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -59,12 +59,12 @@ def register_error_handlers(
 
     def redis_unavailable(exc: Exception) -> Response:
         logger.error("redis unavailable: %s", exc.__class__.__name__)
-        metrics(app).rejected_for["redis_unavailable"].inc()
+        services(app).metrics.rejected_for["redis_unavailable"].inc()
         return json_response(REDIS_UNAVAILABLE, 503)
 
     def redis_full(exc: Exception) -> Response:
         logger.error("redis is full (maxmemory): a write was refused")
-        metrics(app).rejected_for["redis_full"].inc()
+        services(app).metrics.rejected_for["redis_full"].inc()
         return json_response(REDIS_FULL, 503)
 
     for error in UNAVAILABLE_ERRORS:

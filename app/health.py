@@ -8,8 +8,8 @@ from flask import Blueprint, Response, current_app
 from redis.exceptions import RedisError
 
 from app.errors import json_response
+from app.extension import services
 from app.metrics import render_metrics
-from app.services import services
 from app.store import redis_health
 from app.store.redis_health import UNAVAILABLE_ERRORS
 
@@ -24,11 +24,11 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 def readyz() -> Response:
-    """Ready when Redis takes writes and keeps them, and mParticle takes the credentials.
+    """Ready when Redis takes writes and keeps them, and each destination the credentials.
 
     Not ready while Redis is unreachable, a Redis Cluster's state is not ok, Redis is
     full (maxmemory under noeviction: it refuses writes), its policy may evict the
-    relay's data, or mParticle refuses the credentials.
+    relay's data, or mParticle or Customer.io refuses the credentials.
     """
     relay = services(current_app)
     try:
@@ -36,6 +36,8 @@ def readyz() -> Response:
         problem = redis_health.cluster_problem(relay.redis)
         memory = redis_health.memory_state(relay.redis)
         auth = relay.redis.get(relay.keys.mparticle_auth)
+        customerio_auth = (relay.redis.get(relay.keys.customerio_auth)
+                           if relay.settings.to_customerio_enabled else None)
     except (*UNAVAILABLE_ERRORS, RedisError) as exc:
         return _not_ready(redis=f"unreachable ({exc.__class__.__name__})")
     problem = problem or redis_health.eviction_problem(memory)
@@ -44,10 +46,16 @@ def readyz() -> Response:
                    "are refused (webhooks answered 503) until the worker drains the queue")
     if problem:
         return _not_ready(redis=problem)
-    if auth:
-        return _not_ready(redis="ok",
-                          mparticle=f"credentials refused ({auth}); sending is paused")
+    if auth or customerio_auth:
+        refused = {"redis": "ok"}
+        if auth:
+            refused["mparticle"] = f"credentials refused ({auth}); sending is paused"
+        if customerio_auth:
+            refused["customerio"] = f"credentials refused ({customerio_auth}); sending is paused"
+        return _not_ready(**refused)
     ready: dict[str, Any] = {"status": "ready", "redis": "ok", "mparticle": "ok"}
+    if relay.settings.to_customerio_enabled:
+        ready["customerio"] = "ok"
     if memory is not None and memory.used_ratio is not None:
         ready["redis_memory_used_percent"] = round(memory.used_ratio * 100, 1)
     return json_response(ready, 200)

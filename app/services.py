@@ -9,31 +9,37 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import requests
 from flask import Flask
 
 from app.config import ConfigError, Settings
+from app.extension import EXTENSION
 from app.metrics import RelayMetrics
 from app.relay.direction import StateKeys
 from app.relay.policy import DeliveryPolicy
 from app.relay.worker import RelayWorker
 from app.store import redis_health, stories
 from app.store.admin_guard import ConsoleSessions, SignInFailures
+from app.store.batches import BatchStore
 from app.store.consumer import StreamConsumer
 from app.store.events import EventStore
 from app.store.keys import CONSUMER_GROUP, KeySpace
 from app.store.ledger import Ledger
 from app.store.throttle import SharedThrottle
 from app.store.toggles import ToggleStore
+from app.to_customerio import delivery as customerio_delivery
+from app.to_customerio.client import CustomerIOClient
+from app.to_customerio.dry_run import DryRunClient as CustomerIODryRunClient
+from app.to_customerio.mapping import MappingOptions
 from app.to_mparticle import catalog, delivery
 from app.to_mparticle.client import MParticleClient, credential_id
 from app.to_mparticle.dry_run import DryRunClient
 
 logger = logging.getLogger(__name__)
 
-EXTENSION = "relay"
 
 # How every Redis client of the relay (and of its tests and bench) reads replies: as str.
 # A queued body is binary (app/queue_entry.py): its bytes that are not UTF-8 read as lone
@@ -55,6 +61,84 @@ class Services:
     sign_in_failures: SignInFailures
     console_sessions: ConsoleSessions
     extras: dict[str, Any] = field(default_factory=dict)
+
+    # -- mParticle → Customer.io -----------------------------------------------------
+
+    @cached_property
+    def customerio_keys(self) -> KeySpace:
+        """The key space of mParticle → Customer.io: its own queue, marks, dead letters."""
+        return self.keys.for_direction("c", "to-customerio")
+
+    @cached_property
+    def customerio_options(self) -> MappingOptions:
+        """The [customerio] rules, and every Customer.io event type (the echo guard)."""
+        config = self.settings.customerio
+        names = frozenset(name for event_type in catalog.CATALOG.values()
+                          for name in (event_type.name, event_type.feed_name))
+        return MappingOptions(
+            user_id_type=config["user_id_type"],
+            include_user_attributes=config["include_user_attributes"],
+            send_created_at=config["send_created_at"],
+            forward_screen_views=config["forward_screen_views"],
+            forward_commerce_events=config["forward_commerce_events"],
+            known_event_names=names,
+        )
+
+    @cached_property
+    def batch_store(self) -> BatchStore:
+        return BatchStore(self.redis, self.customerio_keys)
+
+    @cached_property
+    def customerio_events(self) -> EventStore:
+        """Quarantines mParticle payloads into this direction's dead letters."""
+        return EventStore(self.redis, self.customerio_keys, first_occurrence_only=False,
+                          dead_letter_max_entries=self.settings.relay["dead_letter_max_entries"])
+
+    def customerio_client(self) -> CustomerIOClient:
+        """The Customer.io Track API client over one pooled session (created on first use)."""
+        if "customerio" not in self.extras:
+            config = self.settings
+            self.extras["customerio"] = CustomerIOClient(
+                requests.Session(), config.customerio_base_url,
+                config.secrets.customerio_site_id, config.secrets.customerio_api_key,
+                connect_timeout=config.customerio["connect_timeout_seconds"],
+                read_timeout=config.customerio["read_timeout_seconds"],
+            )
+        return self.extras["customerio"]
+
+    def to_customerio_state_keys(self) -> StateKeys:
+        """Where the mParticle → Customer.io workers keep what they saw of Customer.io."""
+        secrets = self.settings.secrets
+        credential = credential_id(f"{secrets.customerio_site_id}:{secrets.customerio_api_key}"
+                                   if self.settings.has_customerio_credentials else "dry-run")
+        return StateKeys(health=self.keys.customerio_health, auth=self.keys.customerio_auth,
+                         throttle=self.keys.customerio_throttle(credential))
+
+    def build_customerio_worker(self, *, consumer: str | None = None) -> RelayWorker:
+        """A worker for mParticle → Customer.io: the client, or its dry-run stand-in."""
+        config = self.settings
+        config.require_customerio()
+        limits = config.customerio
+        client: Any = (CustomerIODryRunClient() if limits["dry_run"]
+                       else self.customerio_client())
+        state = self.to_customerio_state_keys()
+        direction = customerio_delivery.ToCustomerIO(
+            client, state, self.customerio_options,
+            max_items_per_request=limits["max_items_per_request"],
+            max_request_bytes=limits["max_request_bytes"],
+            max_item_bytes=limits["max_item_bytes"],
+        )
+        return self._worker(direction, self.customerio_keys, state, consumer,
+                            min_interval_seconds=1 / limits["max_requests_per_second"])
+
+    def build_workers(self) -> list[RelayWorker]:
+        """Every direction's worker this process runs: both when mParticle's route is on."""
+        workers = [self.build_worker()]
+        if self.settings.to_customerio_enabled:
+            workers.append(self.build_customerio_worker())
+        return workers
+
+    # -- Customer.io → mParticle -----------------------------------------------------
 
     def mparticle_client(self) -> MParticleClient:
         """The mParticle client over one pooled session (created on first use)."""
@@ -97,22 +181,31 @@ class Services:
             max_batches_per_request=relay["max_batches_per_request"],
             max_request_bytes=relay["max_request_bytes"],
         )
+        return self._worker(direction, self.keys, state, consumer)
+
+    def _worker(
+        self, direction: Any, keys: KeySpace, state: StateKeys, consumer: str | None, *,
+        min_interval_seconds: float = 0.0,
+    ) -> RelayWorker:
+        """The direction-neutral worker around one direction, on its own key space."""
+        relay = self.settings.relay
         return RelayWorker(
             direction,
-            StreamConsumer(self.redis, self.keys, read_count=relay["read_count"],
+            StreamConsumer(self.redis, keys, read_count=relay["read_count"],
                            claim_idle_seconds=relay["claim_idle_seconds"], consumer=consumer),
             SharedThrottle(self.redis, state.throttle),
-            Ledger(self.redis, self.keys, health_key=state.health, auth_key=state.auth,
+            Ledger(self.redis, keys, health_key=state.health, auth_key=state.auth,
                    dead_letter_max_entries=relay["dead_letter_max_entries"]),
             DeliveryPolicy(
                 retry_schedule_seconds=tuple(relay["retry_schedule_seconds"]),
                 retry_jitter_ratio=relay["retry_jitter_ratio"],
                 slow_down_at_rate_limit_percent=relay["slow_down_at_rate_limit_percent"],
                 slow_down_max_seconds=relay["slow_down_max_seconds"],
+                min_interval_seconds=min_interval_seconds,
             ),
             self.metrics,
             memory_watch=redis_health.MemoryWatch(
-                self.redis, warn_at_percent=config.redis["memory_warning_percent"]),
+                self.redis, warn_at_percent=self.settings.redis["memory_warning_percent"]),
             poll_interval_seconds=relay["poll_interval_seconds"],
             auth_recheck_seconds=relay["auth_recheck_seconds"],
         )

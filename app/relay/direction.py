@@ -9,12 +9,16 @@ sent item's story ends.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
 class Item(Protocol):
-    """One queued event, decoded: where it came from, so it can be acked and told."""
+    """One queued event, decoded: where it came from, so it can be acked and told.
+
+    An item may also say ``completes_entry = False``: its queue entry holds more items,
+    and is acked with the last of them (absent means True).
+    """
 
     queue: str
     shard: int
@@ -40,10 +44,12 @@ class Request(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The destination took a request."""
+    """The destination took a request; ``refused``: items it took but refused (a 207),
+    each with the destination's reason, to dead-letter while the rest are done."""
 
     status: int
     rate_limit_percent_used: float | None = None
+    refused: list[tuple[Any, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,11 +50,19 @@ class DeliveryPolicy:
     retry_jitter_ratio: float
     slow_down_at_rate_limit_percent: float
     slow_down_max_seconds: float
+    # The least time between two requests of every worker with one credential (a
+    # destination's requests per second), 0 for none.
+    min_interval_seconds: float = 0.0
 
     def after_answer(self, rate_limit_percent: float | None) -> Decision:
-        """The request was taken: done, after a pause when the rate limit is nearly used."""
+        """The request was taken: done, after a pause when the rate limit is nearly used
+        (or, at least, the shared interval between two requests)."""
         pause = self.slow_down_seconds(rate_limit_percent)
-        return Decision(Action.DONE, pause, "rate limit nearly used" if pause else "")
+        if pause:
+            return Decision(Action.DONE, pause, "rate limit nearly used")
+        if self.min_interval_seconds:
+            return Decision(Action.DONE, self.min_interval_seconds, "requests per second")
+        return Decision(Action.DONE)
 
     def after_error(self, error: DeliveryError, attempt: int, batches: int) -> Decision:
         """What to do after attempt number ``attempt`` of a request of ``batches`` failed."""

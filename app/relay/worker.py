@@ -297,15 +297,24 @@ class RelayWorker:
     # -- bookkeeping -------------------------------------------------------------------
 
     def _acknowledge(self, request: Any, answer: Any, attempt: int) -> None:
-        """Finish the sent entries; each story says relayed, and how."""
+        """Finish the sent entries; each story says relayed, and how.
+
+        Items the destination took but refused (a 207) become dead letters first.
+        """
         now_ms = int(self._clock() * 1000)
+        refused = {id(item) for item, _ in answer.refused}
+        for item, reason in answer.refused:
+            self._dead_letter([item], DeadLetter(self.direction.refused_reason,
+                                                 status=answer.status, response=reason,
+                                                 attempts=attempt))
+        done = [item for item in request.events if id(item) not in refused]
         self.ledger.relayed(
-            request.events, self.direction.relayed_endings(request, answer, attempt),
+            done, self.direction.relayed_endings(request, answer, attempt),
             status=answer.status, rate_limit_percent=answer.rate_limit_percent_used,
             now_ms=now_ms,
         )
-        self._metrics.relayed.inc(len(request.events))
-        for event in request.events:
+        self._metrics.relayed.inc(len(done))
+        for event in done:
             if event.received_ms:
                 self._metrics.relay_latency_seconds.observe(
                     max(0.0, (now_ms - event.received_ms) / 1000)

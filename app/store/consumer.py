@@ -220,10 +220,15 @@ class StreamConsumer:
 
 
 def entries_by_queue(entries: Iterable[Any]) -> dict[str, list[str]]:
-    """Entry ids per stream, so one XACK and one XDEL per stream cover a whole request."""
+    """Entry ids per stream, so one XACK and one XDEL per stream cover a whole request.
+
+    An item that is not its entry's last (``completes_entry`` False) leaves the entry
+    pending: the entry is finished with its last item.
+    """
     by_queue: dict[str, list[str]] = {}
     for entry in entries:
-        by_queue.setdefault(entry.queue, []).append(entry.entry_id)
+        if getattr(entry, "completes_entry", True):
+            by_queue.setdefault(entry.queue, []).append(entry.entry_id)
     return by_queue
 
 

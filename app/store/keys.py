@@ -4,7 +4,7 @@ Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag
 
     cior:{q3}:queue                     stream: accepted events waiting for mParticle
     cior:{q3}:marks:<generation>:<b>    hash: event_id -> that event's dedup mark and
-                                        story, packed (app/marks.py); also for ignored
+                                        story, packed (app/store/marks.py); also for ignored
                                         and quarantined events
     cior:{q3}:first:<generation>:<b>    hash: "<delivery_id>:<event type>" -> the
                                         event_id forwarded first
@@ -19,6 +19,11 @@ Layout (``cior`` is ``[redis] key_prefix``; ``{q3}`` is a Redis Cluster hash tag
                                         (TTL: the rest of its throttle window)
     cior:admin:session:<hash>           string: a live console sign-in (TTL: its lifetime;
                                         <hash>: a hash of the id its cookie carries)
+
+mParticle → Customer.io has a key space of its own (``KeySpace.for_direction``): the
+same shapes under ``{c3}`` (queue, marks: by each mParticle event's idempotency key, and
+by each batch's) and ``cior:to-customerio:`` (dead letters, relayed counters), beside
+``cior:customerio:auth``, ``:health`` and ``:throttle:<id>``.
 
 Marks and first-occurrence flags are fields of *bucket* hashes, not keys of their own:
 a Redis key with a TTL costs about 100 bytes before its contents, while a field of a
@@ -39,7 +44,7 @@ stream, and the same event always lands on the same shard (retries are deduplica
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 CONSUMER_GROUP = "relay"
@@ -132,6 +137,19 @@ class KeySpace:
     first_occurrence_ttl_seconds: int = 90 * 24 * 3600
     mark_buckets_per_shard: int = MARK_BUCKETS
     first_buckets_per_shard: int = FIRST_BUCKETS
+    # Each direction has a key space of its own: its shards' hash tag ("q" for Customer.io
+    # → mParticle, "c" for mParticle → Customer.io) and a scope before its other keys
+    # ("" and "to-customerio").
+    shard_tag: str = "q"
+    scope: str = ""
+
+    def for_direction(self, shard_tag: str, scope: str) -> KeySpace:
+        """The same windows and shards, under another direction's names."""
+        return replace(self, shard_tag=shard_tag, scope=scope)
+
+    @property
+    def _scoped(self) -> str:
+        return f"{self.prefix}:{self.scope}" if self.scope else self.prefix
 
     @cached_property
     def mark_generations(self) -> Generations:
@@ -146,7 +164,7 @@ class KeySpace:
         return zlib.crc32(routing_key.encode("utf-8")) % self.shards
 
     def _tag(self, shard: int) -> str:
-        return f"{self.prefix}:{{q{shard}}}"
+        return f"{self.prefix}:{{{self.shard_tag}{shard}}}"
 
     def queue(self, shard: int) -> str:
         return f"{self._tag(shard)}:queue"
@@ -183,11 +201,11 @@ class KeySpace:
 
     @property
     def dead_letters(self) -> str:
-        return f"{self.prefix}:dead-letters"
+        return f"{self._scoped}:dead-letters"
 
     def replayed_letter(self, entry_id: str) -> str:
         """Set by the one replay that takes a letter: the others leave it alone."""
-        return f"{self.prefix}:dead-letters:replayed:{entry_id}"
+        return f"{self._scoped}:dead-letters:replayed:{entry_id}"
 
     @property
     def toggles(self) -> str:
@@ -204,7 +222,7 @@ class KeySpace:
 
     def relayed_minute(self, minute: int) -> str:
         """Counter of events relayed in one minute (unix time // 60); expires in an hour."""
-        return f"{self.prefix}:relayed:{minute}"
+        return f"{self._scoped}:relayed:{minute}"
 
     @property
     def mparticle_auth(self) -> str:
@@ -231,3 +249,17 @@ class KeySpace:
         ``session_hash`` is a hash of the session id, never the id the cookie carries.
         """
         return f"{self.prefix}:admin:session:{session_hash}"
+
+    @property
+    def customerio_health(self) -> str:
+        """Hash: Customer.io's last answer, as the workers saw it."""
+        return f"{self.prefix}:customerio:health"
+
+    @property
+    def customerio_auth(self) -> str:
+        """Set while Customer.io refuses the Track API credentials; /readyz reports it."""
+        return f"{self.prefix}:customerio:auth"
+
+    def customerio_throttle(self, credential: str) -> str:
+        """The shared wait before sending with one Track API credential (a hash of it)."""
+        return f"{self.prefix}:customerio:throttle:{credential}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from app.store import dead_letters, marks, relay_state
 from app.store.consumer import StreamConsumer
-from app.store.keys import CONSUMER_GROUP, KeySpace
+from app.store.keys import KeySpace
 from app.store.redis_health import FULL_ERRORS
 from app.store.stories import StoryUpdates
 
@@ -83,9 +83,8 @@ class Ledger:
         pipe = self._redis.pipeline(transaction=False)
         stories = StoryUpdates(self._keys, now_ms, "d")
         reason = marks.packed_reason(letter.reason)
+        StreamConsumer.finish(pipe, events)
         for event in events:
-            pipe.xack(event.queue, CONSUMER_GROUP, event.entry_id)
-            pipe.xdel(event.queue, event.entry_id)
             if event.event_id:
                 stories.add(event, reason)
         stories.queue_on(pipe)

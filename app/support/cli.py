@@ -67,7 +67,7 @@ def worker_command() -> None:
     relay = _relay()
     try:
         relay.require_redis_that_keeps_data()
-        run_until_signalled(relay.build_worker())
+        run_until_signalled(*relay.build_workers())
     except ConfigError as exc:
         _fail(f"configuration error: {exc}")
 

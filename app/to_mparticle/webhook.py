@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from flask import Blueprint, Request, Response, current_app, g, request
 from marshmallow import ValidationError
@@ -20,12 +20,15 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import json_body
 from app.errors import INTERNAL_ERROR, REDIS_FULL, REDIS_UNAVAILABLE
-from app.services import Services, services
+from app.extension import services
 from app.store.events import ClockSkewError, IncomingEvent
 from app.store.redis_health import FULL_ERRORS, UNAVAILABLE_ERRORS
 from app.to_mparticle import catalog, mapping
 from app.to_mparticle.schema import load_webhook, usable_event_id
 from app.to_mparticle.signature import SignatureError, StaleTimestampError, verify_signature
+
+if TYPE_CHECKING:
+    from app.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -86,3 +86,12 @@ def test_by_default_no_wait_between_two_tries_exceeds_five_minutes():
 def test_jitter_never_takes_a_wait_past_the_largest_step():
     waits = [policy(schedule=(5, 300), jitter=0.5).retry_wait(9) for _ in range(200)]
     assert max(waits) == 300 and min(waits) >= 150
+
+
+def test_a_destination_with_a_request_rate_keeps_every_worker_to_its_interval():
+    paced = DeliveryPolicy(retry_schedule_seconds=(5,), retry_jitter_ratio=0,
+                           slow_down_at_rate_limit_percent=80, slow_down_max_seconds=2,
+                           min_interval_seconds=0.01)
+    assert (paced.after_answer(None).wait_seconds, paced.after_answer(None).reason) == (
+        0.01, "requests per second")
+    assert paced.after_answer(95.0).wait_seconds == pytest.approx(1.5)  # the longer pause
