@@ -273,7 +273,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     sections = {name: _load_section(path, name, schema, raw.get(name, {}))
                 for name, schema in SECTIONS.items()}
     _check_relay_limits(path, sections["relay"])
-    _check_claim_outlasts_a_request(path, sections["relay"], sections["mparticle"])
+    _check_claim_outlasts_a_request(path, sections["relay"], "mparticle", sections["mparticle"])
+    if _authorizations(env):  # mParticle → Customer.io is on: its requests count too
+        _check_claim_outlasts_a_request(path, sections["relay"], "customerio",
+                                        sections["customerio"])
     return Settings(
         events=_load_events(path, raw.get("events", {})),
         redis_url=env.get("REDIS_URL") or None,
@@ -344,14 +347,15 @@ def _check_relay_limits(path: Path, relay: dict[str, Any]) -> None:
 
 
 def _check_claim_outlasts_a_request(
-    path: Path, relay: dict[str, Any], mparticle: dict[str, Any]
+    path: Path, relay: dict[str, Any], name: str, destination: dict[str, Any]
 ) -> None:
     # Another worker takes over entries idle for claim_idle_seconds; if one request could
     # take longer than that, a live worker's request would be sent twice.
-    request_seconds = mparticle["connect_timeout_seconds"] + mparticle["read_timeout_seconds"]
+    request_seconds = (destination["connect_timeout_seconds"]
+                       + destination["read_timeout_seconds"])
     if relay["claim_idle_seconds"] <= request_seconds:
         raise ConfigError(
-            f"{path}: [relay] claim_idle_seconds: must be more than [mparticle] "
+            f"{path}: [relay] claim_idle_seconds: must be more than [{name}] "
             f"connect_timeout_seconds + read_timeout_seconds ({request_seconds:g}), so no "
             "worker takes over a request still in flight"
         )

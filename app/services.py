@@ -210,14 +210,24 @@ class Services:
             auth_recheck_seconds=relay["auth_recheck_seconds"],
         )
 
-    @staticmethod
-    def replay_route(body: str) -> str:
-        """The person a dead letter's body belongs to (its queue shard); ValueError if unusable."""
-        return delivery.route(body)
-
     def find_event(self, event_id: str) -> dict[str, Any] | None:
-        """An event's story by its id, or None if the relay never saw it."""
-        return stories.find_event(self.redis, self.keys, event_id, delivery.delivery_of)
+        """An event's story by its id (either direction's), or None if never seen.
+
+        A Customer.io event_id, or an mParticle event's idempotency key.
+        """
+        story = stories.find_event(self.redis, self.keys, event_id, delivery.delivery_of)
+        if story is not None:
+            return {"direction": delivery.NAME, **story}
+        story = stories.find_event(self.redis, self.customerio_keys, event_id, _no_delivery)
+        if story is not None:
+            return {"direction": customerio_delivery.NAME, **story}
+        return None
+
+    def replay_sources(self) -> list[tuple[KeySpace, Any]]:
+        """Each direction's dead letters (its key space) and how to route a letter's body."""
+        options = self.customerio_options
+        return [(self.keys, delivery.route),
+                (self.customerio_keys, lambda body: customerio_delivery.route(options, body))]
 
     def first_flags(self, delivery_id: str) -> dict[str, Any]:
         """The first-occurrence flags set for a Customer.io delivery."""
@@ -282,6 +292,11 @@ def build_redis(settings: Settings) -> Any:
     import redis
 
     return redis.Redis.from_url(url, **options)
+
+
+def _no_delivery(_body: str) -> str | None:
+    """mParticle batches belong to no Customer.io delivery."""
+    return None
 
 
 def require_redis_that_keeps_data(redis: Any) -> None:

@@ -34,10 +34,12 @@ class BatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """The queue entry written (None: nothing was to be sent) and each event's status."""
+    """The queue entry written (None: nothing was to be sent), each event's status, and
+    whether the batch itself was accepted before (a retried POST)."""
 
     entry_id: str | None
     statuses: list[str]
+    batch_seen_before: bool = False
 
 
 class BatchStore:
@@ -72,9 +74,10 @@ class BatchStore:
             key_list += buckets.keys
             args += [key, marks.escape(event_type), text, len(buckets.keys), buckets.oldest]
         try:
-            entry, statuses = self._accept(keys=key_list, args=args)
+            entry, statuses, batch_status = self._accept(keys=key_list, args=args)
         except ResponseError as exc:
             if _CLOCK_SKEW in str(exc):
                 raise ClockSkewError(str(exc)) from exc
             raise
-        return BatchOutcome(str(entry) or None, [_STATUSES[letter] for letter in str(statuses)])
+        return BatchOutcome(str(entry) or None, [_STATUSES[letter] for letter in str(statuses)],
+                            batch_seen_before=batch_status == "d")

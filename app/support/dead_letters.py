@@ -39,8 +39,22 @@ class ReplayReport:
 
 
 def replay(relay: Any, ids: list[str] | None = None) -> ReplayReport:
-    """Replay with an app's services: its Redis, keys and direction's route."""
-    return replay_dead_letters(relay.redis, relay.keys, relay.replay_route, ids)
+    """Replay with an app's services: every direction's letters, each on its own queue.
+
+    An id is looked for in every direction's dead letters; it is "not found" only when
+    no direction has it.
+    """
+    total = ReplayReport()
+    missing: list[str] | None = None
+    for keys, route in relay.replay_sources():
+        report = replay_dead_letters(relay.redis, keys, route, ids)
+        total.replayed += report.replayed
+        total.already_replayed += report.already_replayed
+        total.still_invalid.update(report.still_invalid)
+        missing = (report.not_found if missing is None
+                   else [entry_id for entry_id in missing if entry_id in report.not_found])
+    total.not_found = missing or []
+    return total
 
 
 def replay_dead_letters(

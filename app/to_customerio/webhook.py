@@ -119,7 +119,7 @@ def receive_batch(relay: Services, incoming: Request) -> Answer:
     if outcome.entry_id:
         log["queue_entry"] = outcome.entry_id
         return _answer_counts(202, "queued", counts, log)
-    if counts["duplicate"]:
+    if counts["duplicate"] or outcome.batch_seen_before:
         log["outcome"] = "duplicate"
         return Answer(200, {"status": "duplicate"}, log)
     return _ignored(log, "nothing new to send")

@@ -15,7 +15,8 @@
 --       is to be sent without new events (attributes to set), the item count, the error
 --       for a clock a generation away from Redis's; then per item: its key, its type
 --       (escaped), its JSON ("" for the batch), its bucket count, its oldest generation
--- Returns {queue entry id or "", one letter per event: "q" queued, "d" duplicate}
+-- Returns {queue entry id or "", one letter per event ("q" queued, "d" duplicate), and
+--          "d" when the batch itself was accepted before, else "q"}
 local queue = KEYS[1]
 local span, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local body_head, body_tail = ARGV[3], ARGV[4]
@@ -78,7 +79,7 @@ if #accepted == 0 and not (send_without_events and not batch.story) then
       best_effort('HSET', items[i].mark, items[i].key, with_one_more_copy(items[i].story))
     end
   end
-  return {'', table.concat(statuses)}
+  return {'', table.concat(statuses), batch.story and 'd' or 'q'}
 end
 
 local entry = redis.call('XADD', queue, '*', 'b', body_head .. table.concat(accepted, ',')
@@ -103,4 +104,4 @@ if batch.story then
 else
   remember(batch)
 end
-return {entry, table.concat(statuses)}
+return {entry, table.concat(statuses), batch.story and 'd' or 'q'}
