@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 
-.PHONY: install run sample test lint bench
+.PHONY: install run sample sample-mparticle test lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,16 @@ install: $(BIN)/.installed
 run: install
 	RELAY_SETTINGS=$${RELAY_SETTINGS:-examples/try-it.toml} \
 	CIO_WEBHOOK_SIGNING_KEYS=$${CIO_WEBHOOK_SIGNING_KEYS:-try-it-signing-key} \
+	MPARTICLE_WEBHOOK_AUTHORIZATION=$${MPARTICLE_WEBHOOK_AUTHORIZATION:-try-it-authorization} \
 	WEB_CONCURRENCY=1 $(BIN)/gunicorn --bind 127.0.0.1:$${PORT:-8000} wsgi:app
 
 # Send one signed sample webhook to the relay started by `make run`.
 sample: install
 	$(BIN)/python examples/send_event.py
+
+# Send one batch as mParticle's Webhook output would, to the relay started by `make run`.
+sample-mparticle: install
+	$(BIN)/python examples/send_mparticle_batch.py
 
 test: install
 	$(BIN)/python -m pytest

@@ -122,6 +122,8 @@ class ToCustomerIO:
         forwarded = [event for event in batch["events"]
                      if mapping.classify(event, self.options)[0] == "forward"]
         mapped = mapping.items_for_batch(batch, forwarded, self.options)
+        if not mapped:  # no usable person (user_id_type changed since it was received)
+            return []
         # One item per forwarded event, after the identify when there is one.
         lead = len(mapped) - len(forwarded)
         sources: list[dict[str, Any] | None] = [None] * lead + list(forwarded)
