@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.json_body import MAX_JSON_DEPTH, encode_answer, parse_json
 from app.services import services
 from app.store import queue_entry
-from app.json_body import MAX_JSON_DEPTH, encode_answer, parse_json
 from tests.helpers import strategies
 from tests.helpers.webhooks import SIGNING_KEY, signed_headers, webhook
 
