@@ -23,6 +23,7 @@ from app.relay.runner import run_until_signalled
 from app.services import services
 from app.store import dead_letters, stories, upgrade
 from app.support import dead_letters as dead_letter_replay
+from app.to_customerio.client import AuthError as CustomerIOAuthError
 from app.to_mparticle.catalog import CATALOG
 from app.to_mparticle.client import AuthError
 
@@ -75,21 +76,59 @@ def worker_command() -> None:
 @click.command("check")
 @with_appcontext
 def check_command() -> None:
-    """Test the mParticle credentials, as Customer.io's "Connect" button does."""
+    """Test each direction's credentials (mParticle as Customer.io's "Connect" does)."""
     relay = services(current_app)
+    problems = [_check_mparticle(relay)]
+    if relay.settings.to_customerio_enabled:
+        problems.append(_check_customerio(relay))
+    if any(problems):
+        sys.exit(1)
+
+
+def _check_mparticle(relay: Any) -> bool:
+    """Report on mParticle's credentials; True when there is a problem."""
     if relay.settings.mparticle["dry_run"] and not relay.settings.has_mparticle_credentials:
         click.echo("dry run: no mParticle credentials are configured; nothing would be sent")
-        return
+        return False
     if not relay.settings.has_mparticle_credentials:
-        _fail("MPARTICLE_API_KEY and MPARTICLE_API_SECRET are not set")
+        return _problem("MPARTICLE_API_KEY and MPARTICLE_API_SECRET are not set")
     base_url = relay.settings.mparticle_base_url
     try:
         relay.mparticle_client().check_credentials()
     except AuthError as exc:
-        _fail(f"mParticle refused the credentials (HTTP {exc.status}) at {base_url}")
+        return _problem(f"mParticle refused the credentials (HTTP {exc.status}) at {base_url}")
     except DeliveryError as exc:
-        _fail(f"could not check the credentials at {base_url}: {exc}")
+        return _problem(f"could not check the credentials at {base_url}: {exc}")
     click.echo(f"mParticle accepted the credentials at {base_url}")
+    return False
+
+
+def _check_customerio(relay: Any) -> bool:
+    """Report on Customer.io's Track API credentials and region; True on a problem."""
+    config = relay.settings
+    if config.customerio["dry_run"] and not config.has_customerio_credentials:
+        click.echo("dry run: no Customer.io credentials are configured; nothing would be sent")
+        return False
+    base_url = config.customerio_base_url
+    try:
+        region = relay.customerio_client().check_credentials()
+    except CustomerIOAuthError as exc:
+        return _problem(f"Customer.io refused the Track API credentials (HTTP {exc.status}) "
+                        f"at {base_url}")
+    except DeliveryError as exc:
+        return _problem(f"could not check the Customer.io credentials at {base_url}: {exc}")
+    if region != config.customerio_region:
+        return _problem(f"Customer.io says this workspace is in region {region!r}, but "
+                        f"CUSTOMERIO_REGION is {config.customerio_region!r}: set "
+                        f"CUSTOMERIO_REGION={region}")
+    click.echo(f"Customer.io accepted the Track API credentials at {base_url} "
+               f"(region {region})")
+    return False
+
+
+def _problem(message: str) -> bool:
+    click.echo(message, err=True)
+    return True
 
 
 # -- events ----------------------------------------------------------------------------

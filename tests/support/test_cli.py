@@ -286,3 +286,53 @@ def test_check_fails_when_mparticle_cannot_be_reached(make_settings, redis):
 
     assert result.exit_code == 1
     assert "could not check the credentials" in result.output
+
+
+def _both_directions(make_settings: Any, redis: Any, mparticle: Any, customerio: Any,
+                     **env: str) -> Flask:
+    return _app_for(make_settings, redis, **{
+        "MPARTICLE_BASE_URL": mparticle.base_url, "MPARTICLE_WEBHOOK_AUTHORIZATION": "Bearer x",
+        "CUSTOMERIO_SITE_ID": "site", "CUSTOMERIO_API_KEY": "track-key",
+        "CUSTOMERIO_BASE_URL": customerio.base_url, **env})
+
+
+@pytest.fixture
+def customerio() -> Any:
+    from tests.helpers.customerio_standin import CustomerIOStandIn
+
+    with CustomerIOStandIn(site_id="site", api_key="track-key") as server:
+        yield server
+
+
+def test_check_tests_customerios_credentials_and_region_too(make_settings, redis, mparticle,
+                                                            customerio):
+    app = _both_directions(make_settings, redis, mparticle, customerio)
+
+    result = app.test_cli_runner().invoke(args=["check"])
+
+    assert result.exit_code == 0, result.output
+    assert "Customer.io accepted the Track API credentials" in result.output
+    assert "(region us)" in result.output
+
+
+def test_check_names_both_regions_when_the_workspace_is_elsewhere(make_settings, redis,
+                                                                  mparticle, customerio):
+    customerio.set_region("eu")
+    app = _both_directions(make_settings, redis, mparticle, customerio)
+
+    result = app.test_cli_runner().invoke(args=["check"])
+
+    assert result.exit_code == 1
+    assert "region 'eu'" in result.output and "CUSTOMERIO_REGION is 'us'" in result.output
+
+
+def test_check_fails_when_customerio_refuses_the_track_api_key(make_settings, redis, mparticle,
+                                                               customerio):
+    app = _both_directions(make_settings, redis, mparticle, customerio,
+                           CUSTOMERIO_API_KEY="wrong-key")
+
+    result = app.test_cli_runner().invoke(args=["check"])
+
+    assert result.exit_code == 1
+    assert "Customer.io refused the Track API credentials (HTTP 401)" in result.output
+    assert "mParticle accepted the credentials" in result.output  # each direction told
