@@ -24,42 +24,78 @@ from prometheus_client.registry import REGISTRY, Collector
 # Outcomes of a webhook (the contract's words) and reasons one is refused before that.
 WEBHOOK_OUTCOMES = ("queued", "duplicate", "suppressed", "ignored", "quarantined")
 REJECT_REASONS = (
-    "signature", "stale_timestamp", "body_too_large", "redis_unavailable", "redis_full",
+    "signature", "stale_timestamp", "authorization", "body_too_large", "redis_unavailable",
+    "redis_full",
+)
+# Every series carries the direction it counts: Customer.io → mParticle, or the reverse.
+DIRECTIONS = ("to_mparticle", "to_customerio")
+
+_received = Counter("cio_relay_webhooks_received", "Webhook requests received", ["direction"])
+_outcomes = Counter(
+    "cio_relay_webhooks", "Webhooks answered, by outcome "
+    "(queued, duplicate, suppressed, ignored, quarantined)", ["direction", "outcome"]
+)
+_rejected = Counter(
+    "cio_relay_webhooks_rejected", "Webhooks refused, by reason", ["direction", "reason"]
+)
+_relayed = Counter("cio_relay_events_relayed", "Events the destination accepted", ["direction"])
+_retried = Counter(
+    "cio_relay_requests_retried", "Requests to the destination retried, by reason",
+    ["direction", "reason"],
+)
+_dead_lettered = Counter(
+    "cio_relay_events_dead_lettered", "Events moved to the dead-letter store, by reason",
+    ["direction", "reason"],
+)
+_request_seconds = Histogram(
+    "cio_relay_destination_request_seconds",
+    "Duration of a request to the destination (mParticle's /bulkevents, Customer.io's batch)",
+    ["direction"],
+)
+_relay_latency_seconds = Histogram(
+    "cio_relay_latency_seconds", "From webhook accepted to the destination's answer",
+    ["direction"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
 
 
-class RelayMetrics:
-    """The counters and histograms the web and worker processes update."""
+class DirectionMetrics:
+    """The series of one direction, bound once.
 
-    received = Counter("cio_relay_webhooks_received", "Webhook requests received")
-    outcomes = Counter(
-        "cio_relay_webhooks", "Webhooks answered, by outcome "
-        "(queued, duplicate, suppressed, ignored, quarantined)", ["outcome"]
-    )
-    rejected = Counter(
-        "cio_relay_webhooks_rejected", "Webhooks refused, by reason", ["reason"]
-    )
-    relayed = Counter("cio_relay_events_relayed", "Events mParticle accepted")
-    retried = Counter(
-        "cio_relay_requests_retried", "mParticle requests retried, by reason", ["reason"]
-    )
-    dead_lettered = Counter(
-        "cio_relay_events_dead_lettered", "Events moved to the dead-letter store, by reason",
-        ["reason"],
-    )
-    request_seconds = Histogram(
-        "cio_relay_mparticle_request_seconds", "Duration of POST /bulkevents",
-    )
-    relay_latency_seconds = Histogram(
-        "cio_relay_latency_seconds", "From webhook accepted to mParticle 202",
-        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
-    )
+    ``labels()`` costs a lock and a dict lookup per call on the webhook's hot path, and
+    bound series show up (at 0) before the first event.
+    """
+
+    def __init__(self, direction: str) -> None:
+        self.direction = direction
+        self.received = _received.labels(direction=direction)
+        self.outcome = {name: _outcomes.labels(direction=direction, outcome=name)
+                        for name in WEBHOOK_OUTCOMES}
+        self.rejected_for = {name: _rejected.labels(direction=direction, reason=name)
+                             for name in REJECT_REASONS}
+        self.relayed = _relayed.labels(direction=direction)
+        self.request_seconds = _request_seconds.labels(direction=direction)
+        self.relay_latency_seconds = _relay_latency_seconds.labels(direction=direction)
+
+    def retried(self, reason: str) -> Any:
+        return _retried.labels(direction=self.direction, reason=reason)
+
+    def dead_lettered(self, reason: str) -> Any:
+        return _dead_lettered.labels(direction=self.direction, reason=reason)
+
+
+class RelayMetrics:
+    """The counters and histograms the web and worker processes update, per direction."""
 
     def __init__(self) -> None:
-        # Label children bound once: ``labels()`` costs a lock and a dict lookup per call
-        # on the webhook's hot path, and bound series show up (at 0) before the first event.
-        self.outcome = {name: self.outcomes.labels(outcome=name) for name in WEBHOOK_OUTCOMES}
-        self.rejected_for = {name: self.rejected.labels(reason=name) for name in REJECT_REASONS}
+        self.to_mparticle = DirectionMetrics("to_mparticle")
+        self.to_customerio = DirectionMetrics("to_customerio")
+        # The Customer.io → mParticle webhook's series, by their old names.
+        self.received = self.to_mparticle.received
+        self.outcome = self.to_mparticle.outcome
+        self.rejected_for = self.to_mparticle.rejected_for
+
+    def direction(self, name: str) -> DirectionMetrics:
+        return self.to_customerio if name == "to_customerio" else self.to_mparticle
 
 
 class QueueCollector(Collector):

@@ -57,7 +57,7 @@ class RelayWorker:
         self.throttle = throttle
         self.ledger = ledger
         self.policy = policy
-        self._metrics = metrics
+        self._metrics = metrics.direction(direction.name)
         self._memory_watch = memory_watch
         self._poll_interval = poll_interval_seconds
         self._auth_recheck = auth_recheck_seconds
@@ -204,7 +204,7 @@ class RelayWorker:
         percent = exc.rate_limit_percent_used if isinstance(exc, RetryableError) else None
         self.ledger.answered(exc.status, percent)
         if decision.action is Action.RETRY:
-            self._metrics.retried.labels(reason=decision.reason).inc()
+            self._metrics.retried(decision.reason).inc()
             self._log_request(logging.WARNING, request, attempt, elapsed, exc.status,
                               decision.reason, percent, retry_in=decision.wait_seconds,
                               error=exc.reason)
@@ -322,7 +322,7 @@ class RelayWorker:
 
     def _dead_letter(self, events: list[Any], letter: DeadLetter) -> None:
         self.ledger.dead_lettered(events, letter, now_ms=int(self._clock() * 1000))
-        self._metrics.dead_lettered.labels(reason=letter.reason).inc(len(events))
+        self._metrics.dead_lettered(letter.reason).inc(len(events))
         logger.warning("dead-lettered %d events: %s", len(events), letter.reason,
                        extra={"status": letter.status})
 

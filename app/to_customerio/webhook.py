@@ -54,6 +54,8 @@ class Answer(Exception):
 def mparticle_webhook() -> Response:
     """Authenticate, validate and queue one POST of mParticle's Webhook output."""
     relay = services(current_app)
+    counters = relay.metrics.to_customerio
+    counters.received.inc()
     try:
         answer = receive_batch(relay, request)
     except Answer as refusal:
@@ -73,9 +75,19 @@ def mparticle_webhook() -> Response:
     except Exception:
         logger.exception("unexpected error")
         answer = Answer(500, INTERNAL_ERROR, {"outcome": "refused", "reason": "error"})
+    _count(counters, answer)
     _log_request(answer, g.request_id, g.request_started)
     return Response(json_body.encode_answer(answer.payload), answer.status,
                     mimetype="application/json")
+
+
+def _count(counters: Any, answer: Answer) -> None:
+    """One count per POST: its outcome, or why it was refused."""
+    outcome = answer.log.get("outcome")
+    if outcome in counters.outcome:
+        counters.outcome[outcome].inc()
+    elif answer.log.get("reason") in counters.rejected_for:
+        counters.rejected_for[answer.log["reason"]].inc()
 
 
 def receive_batch(relay: Services, incoming: Request) -> Answer:

@@ -175,7 +175,8 @@ def test_a_full_redis_answers_503_keeps_copies_at_200_and_the_worker_drains_it(
     assert (ignored.status_code, ignored.json()["status"]) == (200, "ignored")
     assert ready_while_full.status_code == 503
     assert ready_while_full.json()["redis"].startswith("full:")
-    assert 'cio_relay_webhooks_rejected_total{reason="redis_full"} 10.0' in metrics
+    assert ('cio_relay_webhooks_rejected_total{direction="to_mparticle",reason="redis_full"}'
+            ' 10.0') in metrics
     assert "cio_relay_redis_memory_max_bytes " in metrics
     assert "cio_relay_redis_memory_used_bytes " in metrics
     assert delivered and figures["lost"] == 0 and figures["duplicates"] == 0, figures

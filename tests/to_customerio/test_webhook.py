@@ -197,3 +197,35 @@ def test_redis_unreachable_is_503_so_mparticle_retries(make_settings, proxy, cus
 
     assert response.status_code == 503
     assert response.get_json()["error"] == "service unavailable"
+
+
+def _series(client: Any, name: str, **labels: str) -> float:
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in client.get("/metrics").get_data(as_text=True).splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_this_direction_apart_from_the_other(app):
+    client = app.test_client()
+    before = {outcome: _series(client, "cio_relay_webhooks_total", direction="to_customerio",
+                               outcome=outcome) for outcome in ("queued", "duplicate")}
+    refused = _series(client, "cio_relay_webhooks_rejected_total", direction="to_customerio",
+                      reason="authorization")
+    other = _series(client, "cio_relay_webhooks_total", direction="to_mparticle",
+                    outcome="queued")
+    batch = mparticle_batch(custom_event())
+
+    post(client, batch)
+    post(client, batch)
+    post(client, batch, headers={"Authorization": "Bearer guess"})
+
+    assert _series(client, "cio_relay_webhooks_total", direction="to_customerio",
+                   outcome="queued") == before["queued"] + 1
+    assert _series(client, "cio_relay_webhooks_total", direction="to_customerio",
+                   outcome="duplicate") == before["duplicate"] + 1
+    assert _series(client, "cio_relay_webhooks_rejected_total", direction="to_customerio",
+                   reason="authorization") == refused + 1
+    assert _series(client, "cio_relay_webhooks_total", direction="to_mparticle",
+                   outcome="queued") == other

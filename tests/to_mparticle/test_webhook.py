@@ -485,8 +485,9 @@ def test_a_webhook_costs_one_redis_round_trip(make_settings, proxy, repeat):
 
 
 def _rejected(client: Any, reason: str) -> float:
+    series = f'cio_relay_webhooks_rejected_total{{direction="to_mparticle",reason="{reason}"}}'
     for line in client.get("/metrics").get_data(as_text=True).splitlines():
-        if line.startswith(f'cio_relay_webhooks_rejected_total{{reason="{reason}"}}'):
+        if line.startswith(series):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
