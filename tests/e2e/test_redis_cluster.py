@@ -149,3 +149,43 @@ def test_end_to_end_on_a_redis_cluster_relays_each_event_once(
     for process in cluster_relay.processes:
         log = process.output()
         assert not [error for error in CLUSTER_ERRORS if error in log], log[-3000:]
+
+
+def test_mparticle_batches_reach_customerio_through_a_redis_cluster(
+    tmp_path: Path, cluster: RedisCluster, mparticle: MParticleStandIn
+):
+    from tests.e2e.test_two_directions import post_batch
+    from tests.helpers.customerio_standin import CustomerIOStandIn
+    from tests.to_customerio.conftest import (
+        AUTHORIZATION,
+        SITE_ID,
+        TRACK_KEY,
+        custom_event,
+        mparticle_batch,
+    )
+
+    with CustomerIOStandIn(site_id=SITE_ID, api_key=TRACK_KEY) as customerio:
+        relay = _deployment(
+            tmp_path, cluster.url, mparticle, sections=CLUSTER_RELAY,
+            MPARTICLE_WEBHOOK_AUTHORIZATION=AUTHORIZATION, CUSTOMERIO_SITE_ID=SITE_ID,
+            CUSTOMERIO_API_KEY=TRACK_KEY, CUSTOMERIO_BASE_URL=customerio.base_url,
+        )
+        try:
+            relay.start("web")
+            relay.start("worker")
+            relay.wait_until_healthy()
+            batches = [mparticle_batch(custom_event(f"Ev {n}"), customer_id=f"k{n % 12}")
+                       for n in range(60)]
+            answers = Counter(post_batch(relay.url, batch).status_code for batch in batches)
+            retried = Counter(post_batch(relay.url, batch).json()["status"]
+                              for batch in batches[::6])
+            assert customerio.wait_for_items(120, timeout=60)  # an identify and an event each
+            time.sleep(0.5)  # anything sent twice would arrive now
+            logs = "".join(process.output() for process in relay.processes)
+        finally:
+            relay.stop_all()
+
+    assert answers == Counter({202: 60}) and retried == Counter({"duplicate": 10})
+    assert len(customerio.events()) == 60 and customerio.duplicate_event_ids_dropped == 0
+    for marker in CLUSTER_ERRORS:
+        assert marker not in logs, marker
