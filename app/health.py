@@ -33,7 +33,11 @@ def readyz() -> Response:
     relay = services(current_app)
     try:
         relay.redis.ping()
+        # A cluster's own state first: during a failover it says why better than the
+        # dead master's connection error would.
         problem = redis_health.cluster_problem(relay.redis)
+        if problem:
+            return _not_ready(redis=problem)
         memory = redis_health.memory_state(relay.redis)
         auth = relay.redis.get(relay.keys.mparticle_auth)
         customerio_auth = (relay.redis.get(relay.keys.customerio_auth)

@@ -263,3 +263,11 @@ class KeySpace:
     def customerio_throttle(self, credential: str) -> str:
         """The shared wait before sending with one Track API credential (a hash of it)."""
         return f"{self.prefix}:customerio:throttle:{credential}"
+
+    def audience_state(self, shard: int, routing_key: str) -> str:
+        """Hash: one person's audiences (id -> last change applied: time, in or out, name)."""
+        return f"{self._tag(shard)}:audiences:{routing_key}"
+
+    def audience_delivery(self, request_id: str) -> str:
+        """Set once a Firehose delivery (by its request id) was taken, for the dedup window."""
+        return f"{self._scoped}:deliveries:{request_id}"

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.client import Pipeline
-
 from app.store import marks, queue_entry, scripts
 from app.store.keys import CONSUMER_GROUP, KeySpace, first_field
 
@@ -193,16 +191,6 @@ class StoryUpdates:
                  event.entry_id, ending]
 
     def queue_on(self, pipe: Any) -> None:
-        """Queue the rewrites on a pipeline, on one Redis or a Redis Cluster.
-
-        A plain pipeline loads the script itself before EVALSHA (also after a Redis
-        restart flushed the script cache). redis-py's cluster pipeline refuses EVALSHA
-        and cannot load scripts, so there the script's text goes with the call (EVAL;
-        Redis caches it too).
-        """
-        source = scripts.source("tell_stories")
+        """Queue the rewrites on a pipeline (one script call per shard)."""
         for keys, args in self._by_shard.values():
-            if isinstance(pipe, Pipeline):
-                pipe.register_script(source)(keys=keys, args=args, client=pipe)
-            else:
-                pipe.execute_command("EVAL", source, len(keys), *keys, *args)
+            scripts.queue_on(pipe, "tell_stories", keys, args)

@@ -12,6 +12,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from redis.client import Pipeline
+
 _PRELUDE_LINE = "-- uses: "
 
 
@@ -29,3 +31,16 @@ def source(name: str) -> str:
 def register(redis: Any, name: str) -> Any:
     """A redis-py ``Script`` for ``name`` on this client (callable: keys=, args=, client=)."""
     return redis.register_script(source(name))
+
+
+def queue_on(pipe: Any, name: str, keys: list[Any], args: list[Any]) -> None:
+    """Queue a call of script ``name`` on a pipeline, on one Redis or a Redis Cluster.
+
+    A plain pipeline loads the script itself before EVALSHA (also after a Redis restart
+    flushed the script cache). redis-py's cluster pipeline refuses EVALSHA and cannot
+    load scripts, so there the script's text goes with the call (EVAL; Redis caches it).
+    """
+    if isinstance(pipe, Pipeline):
+        pipe.register_script(source(name))(keys=keys, args=args, client=pipe)
+    else:
+        pipe.execute_command("EVAL", source(name), len(keys), *keys, *args)
