@@ -103,6 +103,10 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(customerio_webhook)
     if services(app).settings.to_customerio_enabled:  # else /webhooks/mparticle is a 404
         app.register_blueprint(mparticle_webhook)
+    if services(app).settings.audiences_enabled:  # else the audiences' route is a 404
+        from app.to_customerio.audience_webhook import blueprint as mparticle_audiences
+
+        app.register_blueprint(mparticle_audiences)
     app.register_blueprint(health)
     app.register_blueprint(admin_api)
     init_console(app)  # the web console, its session and CSRF checks

@@ -155,6 +155,8 @@ class CustomerIOSection(_Section):
     forward_screen_views = StrictBoolean(load_default=True)
     forward_commerce_events = StrictBoolean(load_default=False)
     one_attribute_per_audience = StrictBoolean(load_default=False)
+    audience_membership_ttl_seconds = _positive_int(90 * DAY)
+    max_audience_body_bytes = _positive_int(64 * 1024 * 1024)
     dry_run = StrictBoolean(load_default=False)
     max_body_bytes = _positive_int(1024 * 1024)
     max_items_per_request = fields.Integer(
@@ -195,6 +197,8 @@ class Secrets:
     mparticle_webhook_authorizations: tuple[str, ...] = field(default=(), repr=False)
     customerio_site_id: str = field(default="", repr=False)
     customerio_api_key: str = field(default="", repr=False)
+    # mParticle's audiences through AWS Data Firehose: the access key set on the stream.
+    audience_access_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -240,15 +244,22 @@ class Settings:
         return bool(self.secrets.mparticle_webhook_authorizations)
 
     @property
+    def audiences_enabled(self) -> bool:
+        """Whether Firehose audience deliveries are taken (MPARTICLE_AUDIENCE_ACCESS_KEY set)."""
+        return bool(self.secrets.audience_access_key)
+
+    @property
     def has_customerio_credentials(self) -> bool:
         return bool(self.secrets.customerio_site_id and self.secrets.customerio_api_key)
 
     def require_customerio(self) -> None:
         """Stop a process that would take mParticle's data with nowhere to send it."""
-        if (self.to_customerio_enabled and not self.has_customerio_credentials
-                and not self.customerio["dry_run"]):
+        if ((self.to_customerio_enabled or self.audiences_enabled)
+                and not self.has_customerio_credentials and not self.customerio["dry_run"]):
+            route = ("MPARTICLE_WEBHOOK_AUTHORIZATION" if self.to_customerio_enabled
+                     else "MPARTICLE_AUDIENCE_ACCESS_KEY")
             raise ConfigError(
-                "MPARTICLE_WEBHOOK_AUTHORIZATION is set but CUSTOMERIO_SITE_ID and "
+                f"{route} is set but CUSTOMERIO_SITE_ID and "
                 "CUSTOMERIO_API_KEY are not: set both, or set [customerio] dry_run = true to "
                 "only log what would be sent"
             )
@@ -274,7 +285,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 for name, schema in SECTIONS.items()}
     _check_relay_limits(path, sections["relay"])
     _check_claim_outlasts_a_request(path, sections["relay"], "mparticle", sections["mparticle"])
-    if _authorizations(env):  # mParticle → Customer.io is on: its requests count too
+    if _authorizations(env) or env.get("MPARTICLE_AUDIENCE_ACCESS_KEY", "").strip():
+        # mParticle → Customer.io is on: its requests count too
         _check_claim_outlasts_a_request(path, sections["relay"], "customerio",
                                         sections["customerio"])
     return Settings(
@@ -410,6 +422,7 @@ def _load_secrets(env: Mapping[str, str]) -> Secrets:
         mparticle_webhook_authorizations=_authorizations(env),
         customerio_site_id=site_id,
         customerio_api_key=track_key,
+        audience_access_key=env.get("MPARTICLE_AUDIENCE_ACCESS_KEY", "").strip(),
     )
 
 

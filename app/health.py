@@ -41,7 +41,8 @@ def readyz() -> Response:
         memory = redis_health.memory_state(relay.redis)
         auth = relay.redis.get(relay.keys.mparticle_auth)
         customerio_auth = (relay.redis.get(relay.keys.customerio_auth)
-                           if relay.settings.to_customerio_enabled else None)
+                           if relay.settings.to_customerio_enabled
+                           or relay.settings.audiences_enabled else None)
     except (*UNAVAILABLE_ERRORS, RedisError) as exc:
         return _not_ready(redis=f"unreachable ({exc.__class__.__name__})")
     problem = problem or redis_health.eviction_problem(memory)
@@ -58,7 +59,7 @@ def readyz() -> Response:
             refused["customerio"] = f"credentials refused ({customerio_auth}); sending is paused"
         return _not_ready(**refused)
     ready: dict[str, Any] = {"status": "ready", "redis": "ok", "mparticle": "ok"}
-    if relay.settings.to_customerio_enabled:
+    if relay.settings.to_customerio_enabled or relay.settings.audiences_enabled:
         ready["customerio"] = "ok"
     if memory is not None and memory.used_ratio is not None:
         ready["redis_memory_used_percent"] = round(memory.used_ratio * 100, 1)

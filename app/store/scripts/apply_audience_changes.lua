@@ -6,7 +6,9 @@
 -- Each person's state is a hash: audience id -> "<changed at ms>|<1 member, 0 not>|<name>".
 -- A change is applied only when it is newer than the last one applied for that (person,
 -- audience): a late or repeated change (a Firehose retry, records out of order) can
--- never undo a newer one. Every check of a person comes before their writes.
+-- never undo a newer one. At the same time, a change the other way is applied (the
+-- later record wins): mParticle sends "left" then "joined" with one timestamp when a
+-- person's identity changes. Every check of a person comes before their writes.
 --
 -- KEYS  the queue stream, then each person's state hash
 -- ARGV  the state's TTL in seconds, then per person: their change count, their queue
@@ -26,15 +28,20 @@ for p = 2, #KEYS do
     local audience, at_text, member, name = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
     local at = tonumber(at_text)
     a = a + 4
+    local last_at, last_member = -1, nil
     local last = redis.call('HGET', state, audience)
-    local last_at = last and tonumber(string.match(last, '^(%d+)|')) or -1
+    if last then
+      local last_text
+      last_text, last_member = string.match(last, '^(%d+)|(%d)')
+      last_at = tonumber(last_text) or -1
+    end
     -- A change queued earlier in this very delivery counts as applied already.
     local pending = writes[audience]
     if pending then
-      last_at = math.max(last_at, pending[1])
+      last_at, last_member = pending[1], pending[3]
     end
-    if at > last_at then
-      writes[audience] = {at, at_text .. '|' .. member .. '|' .. name}
+    if at > last_at or (at == last_at and member ~= last_member) then
+      writes[audience] = {at, at_text .. '|' .. member .. '|' .. name, member}
       letters[c] = 'a'
     else
       letters[c] = 'o'
