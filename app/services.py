@@ -21,7 +21,7 @@ from app.metrics import RelayMetrics
 from app.relay.direction import StateKeys
 from app.relay.policy import DeliveryPolicy
 from app.relay.worker import RelayWorker
-from app.store import redis_health, stories
+from app.store import dead_letters, redis_health, stories
 from app.store.admin_guard import ConsoleSessions, SignInFailures
 from app.store.batches import BatchStore
 from app.store.consumer import StreamConsumer
@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 # surrogates (PEP 383) instead of failing the whole reply, and
 # .encode("utf-8", "surrogateescape") gives them back exactly.
 REDIS_DECODING: dict[str, Any] = {"decode_responses": True, "encoding_errors": "surrogateescape"}
+
+# The directions by name, as the admin API, the console and the CLI take them (the first
+# is the default): Customer.io → mParticle, mParticle → Customer.io.
+DIRECTIONS = (delivery.NAME, customerio_delivery.NAME)
 
 
 @dataclass
@@ -233,21 +237,48 @@ class Services:
         """The first-occurrence flags set for a Customer.io delivery."""
         return stories.first_flags(self.redis, self.keys, delivery_id, list(catalog.CATALOG))
 
-    def queue_stats(self) -> dict[str, int]:
-        """Length, pending and dead letters, summed over the queue's shards."""
+    def direction_keys(self) -> dict[str, KeySpace]:
+        """Every direction's key space by its name, on or off (letters outlive a direction)."""
+        return {delivery.NAME: self.keys, customerio_delivery.NAME: self.customerio_keys}
+
+    def directions_on(self) -> list[str]:
+        """The directions this relay takes: to_mparticle, and to_customerio when it is on."""
+        names = [delivery.NAME]
+        if self.settings.to_customerio_enabled:
+            names.append(customerio_delivery.NAME)
+        return names
+
+    def queue_stats(self, keys: KeySpace | None = None) -> dict[str, int]:
+        """Length, pending and dead letters, summed over the queue's shards.
+
+        Of Customer.io → mParticle unless another direction's ``keys`` are given.
+        """
+        keys = self.keys if keys is None else keys
         pipe = self.redis.pipeline(transaction=False)
-        for queue in self.keys.queues():
+        for queue in keys.queues():
             pipe.xlen(queue)
-        pipe.xlen(self.keys.dead_letters)
+        pipe.xlen(keys.dead_letters)
         *lengths, dead = pipe.execute()
         pending = 0
-        for queue in self.keys.queues():
+        for queue in keys.queues():
             try:
                 pending += int(self.redis.xpending(queue, CONSUMER_GROUP)["pending"])
             except Exception as exc:  # no group yet: nothing is pending
                 if "NOGROUP" not in str(exc):
                     raise
         return {"length": sum(lengths), "pending": pending, "dead_letters": dead}
+
+    def direction_stats(self, direction: str) -> dict[str, Any]:
+        """One direction's queue: length, pending, oldest_age_seconds and dead letters."""
+        keys = self.direction_keys()[direction]
+        return {**self.queue_stats(keys),
+                "oldest_age_seconds": stories.oldest_age_seconds(self.redis, keys)}
+
+    def list_dead_letters(self, direction: str, count: int = 100) -> list[dict[str, Any]]:
+        """One direction's newest dead letters first, each with its "direction"."""
+        letters = dead_letters.list_dead_letters(self.redis, self.direction_keys()[direction],
+                                                 count)
+        return [{**letter, "direction": direction} for letter in letters]
 
     def scrape_stats(self) -> dict[str, int]:
         """What /metrics reads from Redis at scrape time: the queue, and Redis's memory."""

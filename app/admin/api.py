@@ -10,13 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, request
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from app.admin import guard
 from app.errors import json_response
-from app.services import services
-from app.store import dead_letters as letters_store
-from app.store import stories
+from app.services import DIRECTIONS, services
 from app.store.toggles import UnknownEventTypeError
 from app.support import dead_letters as dead_letter_replay
 
@@ -145,19 +143,35 @@ def _is_known(toggles: Any, name: str) -> bool:
 
 @blueprint.get("/queue")
 def queue_state() -> Response:
-    """Length, pending, oldest age and dead letters."""
+    """Length, pending, oldest age and dead letters: of Customer.io → mParticle at the top
+    (as before there were two directions), and of each direction that is on under
+    ``directions``."""
     relay = services(current_app)
-    stats = relay.queue_stats()
-    stats["oldest_age_seconds"] = stories.oldest_age_seconds(relay.redis, relay.keys)
-    return json_response(stats, 200)
+    directions = {name: relay.direction_stats(name) for name in relay.directions_on()}
+    return json_response({**directions[DIRECTIONS[0]], "directions": directions}, 200)
+
+
+class DeadLetterListSchema(Schema):
+    """``?direction=to_mparticle`` (the default) or ``to_customerio``; ``count`` is read
+    on its own, as before."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    direction = fields.String(load_default=DIRECTIONS[0], validate=validate.OneOf(DIRECTIONS))
 
 
 @blueprint.get("/dead-letters")
 def dead_letters() -> Response:
-    """The newest dead letters, with reason and raw body."""
+    """One direction's newest dead letters, with reason, raw body and direction."""
+    try:
+        query = DeadLetterListSchema().load(request.args)
+    except ValidationError as exc:
+        return json_response({"error": "invalid request", "details": exc.normalized_messages()},
+                             400)
     relay = services(current_app)
     count = request.args.get("count", default=100, type=int)
-    letters = letters_store.list_dead_letters(relay.redis, relay.keys, max(1, min(count, 1000)))
+    letters = relay.list_dead_letters(query["direction"], max(1, min(count, 1000)))
     return json_response({"dead_letters": letters}, 200)
 
 

@@ -4,7 +4,9 @@ Signed in with the admin token (a signed session cookie that carries the id of a
 sign-in kept in Redis, so that signing out ends it for every copy of the cookie), wrong
 tokens throttled like the API's (:mod:`app.admin.guard`), every form CSRF-checked, no
 JavaScript. Thin over the same functions as the JSON API and the CLI: toggles,
-stories, dead letters, queue stats and what the workers last saw of mParticle.
+stories, dead letters, queue stats and what the workers last saw of their destination.
+The queue and dead-letter pages have a section per direction: Customer.io → mParticle,
+and mParticle → Customer.io when that direction is on (or still holds something).
 
 The JSON API owns ``/admin/events``, ``/admin/queue``, ``/admin/dead-letters``…, so the
 console's pages live under ``/admin/console/``; only the entry ``/admin/`` is shared.
@@ -37,14 +39,15 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from jinja2 import Undefined
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from app.admin import guard
-from app.services import services
+from app.services import DIRECTIONS, Services, services
 from app.store import dead_letters as letters_store
-from app.store import relay_state, stories
+from app.store import relay_state
 from app.store.admin_guard import ConsoleSessions
 from app.support import dead_letters as dead_letter_replay
 from app.support.dead_letters import ReplayReport
@@ -68,9 +71,22 @@ DEAD_LETTERS_SHOWN = 100
 # Endpoints a visitor may reach before signing in.
 _PUBLIC = frozenset({"admin_console.entry", "admin_console.sign_in"})
 
+# Each direction as people read it, and where it sends to.
+DIRECTION_TITLES = {"to_mparticle": "Customer.io → mParticle",
+                    "to_customerio": "mParticle → Customer.io"}
+DESTINATIONS = {"to_mparticle": "mParticle", "to_customerio": "Customer.io"}
+
 _MPARTICLE_ANSWERS = {
     202: "accepted",
     400: "refused a batch",
+    401: "refused the credentials",
+    403: "refused the credentials",
+    429: "rate limited",
+}
+_CUSTOMERIO_ANSWERS = {
+    200: "accepted",
+    207: "refused some items",
+    400: "refused a request",
     401: "refused the credentials",
     403: "refused the credentials",
     429: "rate limited",
@@ -209,6 +225,12 @@ def _shows_signed_in() -> bool:
 def show_navigation_only_to_a_live_sign_in() -> dict[str, bool]:
     """The navigation and the sign-out button, for templates: never for an ended sign-in."""
     return {"signed_in": _shows_signed_in()}
+
+
+@blueprint.context_processor
+def name_the_directions() -> dict[str, dict[str, str]]:
+    """How templates name a direction ("Customer.io → mParticle") and its destination."""
+    return {"direction_titles": DIRECTION_TITLES, "destinations": DESTINATIONS}
 
 
 def _start_sign_in() -> None:
@@ -362,26 +384,60 @@ def lookup() -> str:
 
 @blueprint.get("/console/queue")
 def queue() -> str:
-    """Queue length, pending, oldest age, throughput and mParticle's health."""
+    """Per direction: queue length, pending, oldest age, throughput and its destination's
+    health."""
     relay = services(current_app)
-    stats = relay.queue_stats()
-    state = relay_state.read_relay_state(relay.redis, relay.keys)
-    status = state["mparticle_last_status"]
-    return render_template(
-        "admin/queue.html",
-        stats=stats,
-        oldest_age=stories.oldest_age_seconds(relay.redis, relay.keys),
-        state=state,
-        answer=_mparticle_answer(status),
-        chart=_bars(state["relayed_per_minute"]),
-    )
+    on = relay.directions_on()
+    sections = []
+    for name in DIRECTIONS:
+        stats = relay.direction_stats(name)
+        if name in on or stats["length"] or stats["pending"] or stats["dead_letters"]:
+            sections.append(_queue_section(relay, name, stats, on=name in on))
+    return render_template("admin/queue.html", sections=sections)
 
 
-def _mparticle_answer(status: int | None) -> str:
+def _queue_section(relay: Services, name: str, stats: dict[str, Any], *, on: bool
+                   ) -> dict[str, Any]:
+    """What the queue page shows of one direction."""
+    keys = relay.direction_keys()[name]
+    # Throughput is counted in the direction's own keys; the destination's last answer
+    # is read from the keys its workers note it in.
+    state = relay_state.read_relay_state(relay.redis, keys)
+    if name == DIRECTIONS[0]:
+        health = {"last_status": state["mparticle_last_status"],
+                  "last_at": state["mparticle_last_at"],
+                  "rate_limit_percent_used": state["rate_limit_percent_used"],
+                  "credentials": state["credentials"]}
+        answers = _MPARTICLE_ANSWERS
+    else:
+        health = _customerio_health(relay)
+        answers = _CUSTOMERIO_ANSWERS
+    health["answer"] = _answer(health["last_status"], answers)
+    return {"name": name, "on": on, "stats": stats, "state": state, "health": health,
+            "chart": _bars(state["relayed_per_minute"])}
+
+
+def _customerio_health(relay: Services) -> dict[str, Any]:
+    """Customer.io's last answer as the mParticle → Customer.io workers noted it."""
+    state_keys = relay.to_customerio_state_keys()
+    pipe = relay.redis.pipeline(transaction=False)
+    pipe.hgetall(state_keys.health)
+    pipe.get(state_keys.auth)
+    health, auth = pipe.execute()
+    return {
+        "last_status": int(health["last_status"]) if health.get("last_status") else None,
+        "last_at": float(health["last_at"]) if health.get("last_at") else None,
+        "rate_limit_percent_used": (float(health["rate_limit_percent"])
+                                    if health.get("rate_limit_percent") else None),
+        "credentials": f"refused ({auth})" if auth else "ok",
+    }
+
+
+def _answer(status: int | None, answers: dict[int, str]) -> str:
     if status is None:
         return "no request yet"
-    if status in _MPARTICLE_ANSWERS:
-        return _MPARTICLE_ANSWERS[status]
+    if status in answers:
+        return answers[status]
     return "server error, retrying" if status >= 500 else "unexpected answer"
 
 
@@ -403,36 +459,77 @@ def _bars(per_minute: list[int]) -> dict[str, Any]:
 
 @blueprint.get("/console/dead-letters")
 def dead_letters() -> str:
-    """The newest dead letters with their reasons."""
+    """Per direction, the newest dead letters with their reasons."""
     relay = services(current_app)
-    letters = letters_store.list_dead_letters(relay.redis, relay.keys, DEAD_LETTERS_SHOWN)
-    for letter in letters:
-        letter.setdefault("event_id", _event_id_in(letter.get("body", "")))
-    return render_template("admin/dead_letters.html", letters=letters,
-                           total=relay.redis.xlen(relay.keys.dead_letters))
+    on = relay.directions_on()
+    sections = []
+    for name, keys in relay.direction_keys().items():
+        total = relay.redis.xlen(keys.dead_letters)
+        if name not in on and not total:
+            continue
+        letters = relay.list_dead_letters(name, DEAD_LETTERS_SHOWN) if total else []
+        for letter in letters:
+            _name_the_event(letter)
+        sections.append({"name": name, "on": name in on, "letters": letters, "total": total})
+    return render_template("admin/dead_letters.html", sections=sections,
+                           total=sum(section["total"] for section in sections))
 
 
 @blueprint.get("/console/dead-letters/<letter_id>")
 def dead_letter(letter_id: str) -> str:
-    """One dead letter, its reason and details, and its raw body."""
+    """One dead letter of either direction, its reason and details, and its raw body.
+
+    ``?direction=`` says whose stream holds it (an id alone may be in both: each stream
+    numbers its entries by the millisecond); without it, the first stream that has it.
+    """
     relay = services(current_app)
-    letter = letters_store.find_dead_letter(relay.redis, relay.keys, letter_id)
+    letter = None
+    for name in _directions_to_search(request.args.get("direction")):
+        found = letters_store.find_dead_letter(relay.redis, relay.direction_keys()[name],
+                                               letter_id)
+        if found is not None:
+            letter = {**found, "direction": name}
+            break
     if letter is None:
         abort(404, description=f"There is no dead letter {letter_id}: it may have been "
                                "replayed already.")
-    letter.setdefault("event_id", _event_id_in(letter.get("body", "")))
+    _name_the_event(letter)
     return render_template("admin/dead_letter.html", letter=letter,
                            problems=_problems(letter.get("details")))
 
 
 @blueprint.post("/console/dead-letters/<letter_id>/replay")
 def replay_dead_letter(letter_id: str) -> Response:
-    """Queue one dead letter again."""
+    """Queue one dead letter again: from its direction's stream (the form names it), else
+    from whichever has it."""
     relay = services(current_app)
-    report = dead_letter_replay.replay(relay, [letter_id])
+    direction = request.form.get("direction")
+    if direction is None:
+        report = dead_letter_replay.replay(relay, [letter_id])
+    else:
+        (name,) = _directions_to_search(direction)
+        keys = relay.direction_keys()[name]
+        route = next(route for source, route in relay.replay_sources() if source == keys)
+        report = dead_letter_replay.replay_dead_letters(relay.redis, keys, route, [letter_id])
     _flash_replay(report)
-    logger.info("console replayed dead letters", extra={"replayed": report.replayed})
+    logger.info("console replayed dead letters",
+                extra={"replayed": report.replayed, "direction": direction})
     return redirect(url_for(".dead_letters"), 303)
+
+
+def _directions_to_search(direction: str | None) -> tuple[str, ...]:
+    """The one direction asked for (400 if it is none), or every direction, in order."""
+    if direction is None:
+        return DIRECTIONS
+    if direction not in DIRECTIONS:
+        abort(400, description=f"The direction must be {' or '.join(DIRECTIONS)}.")
+    return (direction,)
+
+
+def _name_the_event(letter: dict[str, Any]) -> None:
+    """Give a letter of a Customer.io webhook its event_id, read from its raw body."""
+    if letter["direction"] == DIRECTIONS[0]:
+        letter.setdefault("event_id", _event_id_in(letter.get("body", "")))
 
 
 @blueprint.post("/console/dead-letters/replay-all")
@@ -492,8 +589,8 @@ def _event_id_in(body: str) -> str | None:
 
 @blueprint.app_template_filter("utc_ms")
 def utc_from_ms(ms: Any) -> str:
-    """Unix milliseconds as a UTC time for people."""
-    if ms in (None, ""):
+    """Unix milliseconds as a UTC time for people ("—" without: a letter written by hand)."""
+    if ms in (None, "") or isinstance(ms, Undefined):
         return "—"
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(ms) / 1000))
 

@@ -20,8 +20,8 @@ from flask.cli import with_appcontext
 from app.config import ConfigError
 from app.relay.outcomes import DeliveryError
 from app.relay.runner import run_until_signalled
-from app.services import services
-from app.store import dead_letters, stories, upgrade
+from app.services import DIRECTIONS, services
+from app.store import stories, upgrade
 from app.support import dead_letters as dead_letter_replay
 from app.to_customerio.client import AuthError as CustomerIOAuthError
 from app.to_mparticle.catalog import CATALOG
@@ -285,13 +285,16 @@ def dlq_group() -> None:
 
 @dlq_group.command("list")
 @click.option("--count", default=50, show_default=True, help="How many, newest first.")
+@click.option("--direction", type=click.Choice(DIRECTIONS), default=DIRECTIONS[0],
+              show_default=True,
+              help="Whose dead letters: Customer.io → mParticle, or mParticle → Customer.io.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @with_appcontext
-def dlq_list(count: int, as_json: bool) -> None:
-    """The newest dead letters with their reasons."""
+def dlq_list(count: int, direction: str, as_json: bool) -> None:
+    """One direction's newest dead letters with their reasons."""
     relay = _relay()
-    letters = dead_letters.list_dead_letters(relay.redis, relay.keys, count)
-    lines = [f"{len(letters)} dead letters"] + [
+    letters = relay.list_dead_letters(direction, count)
+    lines = [f"{len(letters)} dead letters ({direction})"] + [
         f"{letter['id']}  {letter.get('at', '-')}  {letter.get('kind', '?'):11} "
         f"{letter.get('event_id') or '-':28} {letter.get('reason', '')}"
         + (f" (HTTP {letter['status']})" if letter.get("status") else "")

@@ -16,8 +16,15 @@ from app import create_app
 from app.services import REDIS_DECODING, services
 from app.store.keys import CONSUMER_GROUP
 from app.to_mparticle.catalog import CATALOG
+from tests.admin.conftest import (
+    customerio_queue_length,
+    post_mparticle,
+    quarantine_in_to_customerio,
+    refused_by_customerio,
+)
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers.webhooks import encode, signed_headers, webhook
+from tests.to_customerio.conftest import custom_event, mparticle_batch
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # A guess that must never show up in a log line.
@@ -366,11 +373,41 @@ def test_the_queue_shows_length_pending_oldest_age_and_dead_letters(client, app,
 
     response = client.get("/admin/queue", headers=AUTH)
 
-    assert empty == {"length": 0, "pending": 0, "dead_letters": 0, "oldest_age_seconds": None}
+    nothing = {"length": 0, "pending": 0, "dead_letters": 0, "oldest_age_seconds": None}
+    assert empty == {**nothing, "directions": {"to_mparticle": nothing}}
     state = response.get_json()
     assert (state["length"], state["dead_letters"]) == (2, 1)
     assert state["pending"] == 1  # one person's events share one shard; one was read
     assert state["oldest_age_seconds"] >= 0
+    # The top level is Customer.io → mParticle's, as before; mParticle's route is off.
+    assert state["directions"] == {"to_mparticle": {
+        name: value for name, value in state.items() if name != "directions"}}
+
+
+def test_the_queue_shows_each_direction_when_mparticle_to_customerio_is_on(both_directions,
+                                                                          redis):
+    client = both_directions.test_client()
+    send(client, webhook("email", "opened"))
+    post_mparticle(client, mparticle_batch(custom_event("Played"), customer_id="p1"))
+    post_mparticle(client, mparticle_batch(custom_event("Liked"), customer_id="p2"))
+    quarantine_in_to_customerio(client)
+    relay = services(both_directions)
+    relay.build_customerio_worker().consumer.ensure_groups()
+    redis.xreadgroup(CONSUMER_GROUP, "some-worker",
+                     dict.fromkeys(relay.customerio_keys.queues(), ">"), count=1)
+
+    state = client.get("/admin/queue", headers=AUTH).get_json()
+
+    to_mparticle, to_customerio = state["directions"]["to_mparticle"], state[
+        "directions"]["to_customerio"]
+    assert set(state) == {"length", "pending", "dead_letters", "oldest_age_seconds",
+                          "directions"}
+    assert {name: state[name] for name in to_mparticle} == to_mparticle
+    assert (to_mparticle["length"], to_mparticle["pending"], to_mparticle["dead_letters"]) == (
+        1, 0, 0)
+    assert (to_customerio["length"], to_customerio["dead_letters"]) == (2, 1)
+    assert to_customerio["pending"] >= 1  # read from each shard that holds a batch
+    assert to_customerio["oldest_age_seconds"] >= 0
 
 
 def test_dead_letters_are_listed_newest_first_with_reason_and_raw_body(client, app):
@@ -387,6 +424,58 @@ def test_dead_letters_are_listed_newest_first_with_reason_and_raw_body(client, a
     assert oldest["kind"] == "quarantined"
     assert oldest["body"] == '{"event_id": 1}'
     assert "event_id" in oldest["details"]
+    assert newest["direction"] == oldest["direction"] == "to_mparticle"
+
+
+def test_the_dead_letters_of_mparticle_to_customerio_are_listed_with_direction(
+    both_directions
+):
+    client = both_directions.test_client()
+    customerio_letter = quarantine_in_to_customerio(client)
+    send(client, body=b'{"event_id": 1}')
+
+    default = client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"]
+    to_mparticle = client.get("/admin/dead-letters", query_string={"direction": "to_mparticle"},
+                              headers=AUTH).get_json()["dead_letters"]
+    response = client.get("/admin/dead-letters", query_string={"direction": "to_customerio"},
+                          headers=AUTH)
+
+    assert response.status_code == 200
+    (letter,) = response.get_json()["dead_letters"]
+    assert letter["id"] == customerio_letter
+    assert letter["direction"] == "to_customerio"
+    assert (letter["kind"], letter["reason"], letter["body"]) == (
+        "quarantined", "body is not JSON", "{not json")
+    assert "_body" in letter["details"]
+    assert default == to_mparticle
+    assert [(item["body"], item["direction"]) for item in default] == [
+        ('{"event_id": 1}', "to_mparticle")]
+
+
+def test_the_dead_letters_of_mparticle_to_customerio_are_read_even_once_it_is_off(
+    client, app, redis
+):
+    letter_id = redis.xadd(services(app).customerio_keys.dead_letters,
+                           {"kind": "quarantined", "reason": "left over", "body": "{}"})
+
+    response = client.get("/admin/dead-letters?direction=to_customerio", headers=AUTH)
+
+    assert [(letter["id"], letter["direction"]) for letter in
+            response.get_json()["dead_letters"]] == [(letter_id, "to_customerio")]
+    assert "to_customerio" not in client.get("/admin/queue", headers=AUTH).get_json()[
+        "directions"]
+
+
+@pytest.mark.parametrize("direction", ["to_nowhere", "", "TO_MPARTICLE", "both"])
+def test_dead_letters_of_an_unknown_direction_are_refused_400(client, direction):
+    response = client.get("/admin/dead-letters", query_string={"direction": direction},
+                          headers=AUTH)
+
+    assert response.status_code == 400
+    body = response.get_json()
+    assert set(body) == {"error", "details"}
+    assert body["error"] == "invalid request"
+    assert "to_mparticle" in body["details"]["direction"][0]
 
 
 def test_replaying_a_dead_letter_by_id_queues_it_again_and_removes_the_letter(client, app):
@@ -402,6 +491,53 @@ def test_replaying_a_dead_letter_by_id_queues_it_again_and_removes_the_letter(cl
                                    "not_found": [], "still_invalid": {}}
     assert queue_length(app) == 1
     assert client.get("/admin/dead-letters", headers=AUTH).get_json()["dead_letters"] == []
+
+
+def test_a_replay_takes_a_letter_of_each_direction_back_to_its_own_queue(both_directions,
+                                                                         customerio):
+    client = both_directions.test_client()
+    dead_letter_an_event(both_directions, client)
+    customerio_letter, _ = refused_by_customerio(both_directions, customerio)
+    letters = {direction: [letter["id"] for letter in client.get(
+        "/admin/dead-letters", query_string={"direction": direction}, headers=AUTH,
+    ).get_json()["dead_letters"]] for direction in ("to_mparticle", "to_customerio")}
+    (mparticle_letter,) = letters["to_mparticle"]
+    assert letters["to_customerio"] == [customerio_letter]
+
+    response = client.post("/admin/dead-letters/replay",
+                           json={"ids": [mparticle_letter, customerio_letter]}, headers=AUTH)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"replayed": [mparticle_letter, customerio_letter],
+                                   "already_replayed": [], "not_found": [],
+                                   "still_invalid": {}}
+    assert queue_length(both_directions) == 1
+    assert customerio_queue_length(both_directions) == 1
+    state = client.get("/admin/queue", headers=AUTH).get_json()
+    assert [state["directions"][name]["dead_letters"] for name in state["directions"]] == [0, 0]
+    again = client.post("/admin/dead-letters/replay",
+                        json={"ids": [customerio_letter, "1-0"]}, headers=AUTH).get_json()
+    assert again == {"replayed": [], "already_replayed": [customerio_letter],
+                     "not_found": ["1-0"], "still_invalid": {}}
+
+
+def test_replaying_all_keeps_the_letters_of_either_direction_that_are_still_unusable(
+    both_directions, customerio
+):
+    client = both_directions.test_client()
+    mparticle_letter = send(client, body=b"{not json")["dead_letter_id"]
+    quarantined = quarantine_in_to_customerio(client)
+    refused, _ = refused_by_customerio(both_directions, customerio)
+
+    report = client.post("/admin/dead-letters/replay", json={"all": True},
+                         headers=AUTH).get_json()
+
+    assert report["replayed"] == [refused]
+    assert set(report["still_invalid"]) == {mparticle_letter, quarantined}
+    assert customerio_queue_length(both_directions) == 1
+    assert [letter["id"] for letter in client.get(
+        "/admin/dead-letters?direction=to_customerio", headers=AUTH).get_json()[
+        "dead_letters"]] == [quarantined]
 
 
 def test_replaying_a_letter_again_says_it_was_replayed_already_and_queues_nothing(client, app):

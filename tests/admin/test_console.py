@@ -6,6 +6,7 @@ Forms are submitted as a browser would: the CSRF token is read from the rendered
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 from typing import Any
@@ -18,8 +19,15 @@ from redis.retry import Retry
 from app import create_app
 from app.services import REDIS_DECODING, services
 from app.store import relay_state
+from tests.admin.conftest import (
+    customerio_queue_length,
+    post_mparticle,
+    quarantine_in_to_customerio,
+    refused_by_customerio,
+)
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers.webhooks import encode, signed_headers, webhook
+from tests.to_customerio.conftest import custom_event, mparticle_batch
 
 CONSOLE = "/admin/console"
 ELSEWHERE = {"REMOTE_ADDR": "198.51.100.7"}
@@ -372,6 +380,206 @@ def test_queue_page_shows_length_age_throughput_and_mparticle_health(signed_in, 
     assert "not refused" in page
 
 
+def section(page: str, testid: str) -> str:
+    """The part of a page inside the direction's section marked ``data-testid``."""
+    start = page.index(f'data-testid="{testid}"')
+    end = page.find('<section class="direction"', start)
+    return page[start:end if end != -1 else len(page)]
+
+
+@pytest.fixture
+def both_signed_in(both_directions: Any) -> Any:
+    """A browser signed in to the console of an app with both directions on."""
+    client = both_directions.test_client()
+    assert sign_in(client).status_code == 303
+    return client
+
+
+def test_queue_page_shows_one_direction_while_mparticles_route_is_off(signed_in):
+    page = text(signed_in.get(f"{CONSOLE}/queue"))
+
+    assert "<h2 id=\"to_mparticle-title\">Customer.io → mParticle</h2>" in page
+    assert "mParticle → Customer.io" not in page
+    assert 'aria-label="Directions"' not in page  # no shortcuts to a single section
+
+
+def test_queue_page_shows_each_direction_with_its_own_queue_and_destination(
+    both_signed_in, both_directions
+):
+    client, relay = both_signed_in, services(both_directions)
+    post_webhook(client, webhook("sms", "delivered"))
+    for person in ("p1", "p2"):
+        post_mparticle(client, mparticle_batch(custom_event(), customer_id=person))
+    quarantine_in_to_customerio(client)
+    state = relay.to_customerio_state_keys()
+    pipe = relay.redis.pipeline()
+    relay_state.record_delivery(pipe, relay.keys, relay.keys.mparticle_health, status=202,
+                                events=7, rate_limit_percent=12.5)
+    relay_state.record_delivery(pipe, relay.customerio_keys, state.health, status=207,
+                                events=3, rate_limit_percent=None)
+    pipe.set(state.auth, "refused:401")
+    pipe.execute()
+
+    page = text(client.get(f"{CONSOLE}/queue"))
+
+    to_mparticle = section(page, "queue-to_mparticle")
+    to_customerio = section(page, "queue-to_customerio")
+    assert '<a href="#to_customerio">mParticle → Customer.io</a>' in page
+    assert re.search(r'data-testid="queue-length">1<', to_mparticle)
+    assert re.search(r'data-testid="queue-dead-letters"><a [^>]*>0<', to_mparticle)
+    assert "<dt>Relayed in the last hour</dt><dd>7</dd>" in to_mparticle
+    assert "HTTP 202 (accepted)" in to_mparticle and "12.5%" in to_mparticle
+    assert "not refused" in to_mparticle
+    assert re.search(r'data-testid="queue-length">2<', to_customerio)
+    assert re.search(r'data-testid="queue-dead-letters">'
+                     r'<a href="/admin/console/dead-letters#to_customerio">1<', to_customerio)
+    assert "batches waiting for Customer.io" in to_customerio
+    assert "<dt>Relayed in the last hour</dt><dd>3</dd>" in to_customerio
+    assert "HTTP 207 (refused some items)" in to_customerio
+    assert "refused (refused:401)" in to_customerio and "sending is paused" in to_customerio
+    assert "Rate limit used" not in to_customerio  # Customer.io does not report one
+
+
+def test_dead_letters_page_lists_each_directions_letters_in_its_own_section(
+    both_signed_in, both_directions
+):
+    client = both_signed_in
+    mparticle_letter = post_webhook(client, b'{"event_id": 5}').get_json()["dead_letter_id"]
+    customerio_letter = quarantine_in_to_customerio(client)
+
+    page = text(client.get(f"{CONSOLE}/dead-letters"))
+
+    to_mparticle = section(page, "dead-letters-to_mparticle")
+    to_customerio = section(page, "dead-letters-to_customerio")
+    assert "<h2 id=\"to_customerio-title\">mParticle → Customer.io</h2>" in to_customerio
+    assert '<a href="#to_customerio">mParticle → Customer.io (1)</a>' in page
+    assert (f'href="/admin/console/dead-letters/{mparticle_letter}?direction=to_mparticle"'
+            in to_mparticle)
+    assert (f'href="/admin/console/dead-letters/{customerio_letter}?direction=to_customerio"'
+            in to_customerio)
+    assert "body is not JSON" in to_customerio and "quarantined" in to_customerio
+    assert '<input type="hidden" name="direction" value="to_customerio">' in to_customerio
+    assert "Yes, queue all 2 dead letters again" in page
+    assert "1 Customer.io → mParticle, 1 mParticle → Customer.io" in page
+
+
+def test_a_direction_without_dead_letters_says_so_beside_the_other(both_signed_in):
+    quarantine_in_to_customerio(both_signed_in)
+
+    page = text(both_signed_in.get(f"{CONSOLE}/dead-letters"))
+
+    assert "No dead letters" in section(page, "dead-letters-to_mparticle")
+    assert "No dead letters" not in section(page, "dead-letters-to_customerio")
+
+
+def test_dead_letters_left_in_a_direction_that_is_off_are_still_shown(signed_in, app, redis):
+    letter_id = redis.xadd(services(app).customerio_keys.dead_letters,
+                           {"kind": "quarantined", "reason": "left over", "body": "{}"})
+
+    page = text(signed_in.get(f"{CONSOLE}/dead-letters"))
+    empty = text(signed_in.get(f"{CONSOLE}/queue"))
+
+    to_customerio = section(page, "dead-letters-to_customerio")
+    assert letter_id in to_customerio and "This direction is off" in to_customerio
+    assert "Yes, queue all 1 dead letter again" in page
+    assert "This direction is off" in section(empty, "queue-to_customerio")  # 1 dead letter
+
+
+def test_a_dead_letter_of_mparticle_to_customerio_is_read_and_replayed(
+    both_signed_in, both_directions, customerio
+):
+    client = both_signed_in
+    letter_id, event_key = refused_by_customerio(both_directions, customerio)
+    page_path = f"{CONSOLE}/dead-letters/{letter_id}?direction=to_customerio"
+
+    raw = text(client.get(page_path))
+    found_without_direction = client.get(f"{CONSOLE}/dead-letters/{letter_id}")
+    replayed = submit(client, page_path, f"{CONSOLE}/dead-letters/{letter_id}/replay",
+                      direction="to_customerio")
+
+    assert "<dt>Direction</dt><dd>mParticle → Customer.io</dd>" in raw
+    assert "<dt>Reason</dt><dd>Customer.io refused the item</dd>" in raw
+    assert "<dt>Customer.io answer</dt><dd>HTTP 207</dd>" in raw
+    assert f'href="/admin/console/lookup?q={event_key}"' in raw
+    assert re.search(r'<pre class="raw"[^>]*>{"user_identities".*"event_name":"Refused"', raw)
+    assert 'href="/admin/console/dead-letters#to_customerio">← Dead letters' in raw
+    assert found_without_direction.status_code == 200
+    assert replayed.headers["Location"] == f"{CONSOLE}/dead-letters"
+    assert f"Queued again: 1 dead letter ({letter_id})" in text(
+        client.get(f"{CONSOLE}/dead-letters"))
+    assert customerio_queue_length(both_directions) == 1
+    assert services(both_directions).queue_stats()["length"] == 0
+
+
+def test_a_quarantined_mparticle_batch_is_kept_when_replayed_from_the_console(
+    both_signed_in, both_directions
+):
+    letter_id = quarantine_in_to_customerio(both_signed_in)
+
+    submit(both_signed_in, f"{CONSOLE}/dead-letters",
+           f"{CONSOLE}/dead-letters/{letter_id}/replay", direction="to_customerio")
+
+    assert f"Kept {letter_id}: it is still not a usable webhook" in text(
+        both_signed_in.get(f"{CONSOLE}/dead-letters"))
+    relay = services(both_directions)
+    assert relay.queue_stats(relay.customerio_keys)["dead_letters"] == 1
+
+
+def test_the_same_letter_id_in_both_directions_is_read_and_replayed_apart(
+    both_signed_in, both_directions, redis
+):
+    relay = services(both_directions)
+    letter_id = "1795704496123-0"  # each stream numbers its own entries: ids can meet
+    redis.xadd(relay.keys.dead_letters, {"kind": "event", "reason": "Customer.io's one",
+                                         "body": encode(webhook("email", "opened"))},
+               id=letter_id)
+    batch = json.dumps(mparticle_batch(custom_event("Kept apart")))
+    redis.xadd(relay.customerio_keys.dead_letters,
+               {"kind": "event", "reason": "mParticle's one", "body": batch}, id=letter_id)
+
+    first = text(both_signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}"))
+    theirs = text(both_signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}",
+                                     query_string={"direction": "to_customerio"}))
+    submit(both_signed_in, f"{CONSOLE}/dead-letters",
+           f"{CONSOLE}/dead-letters/{letter_id}/replay", direction="to_customerio")
+
+    assert "Customer.io's one" in first and "<dd>Customer.io → mParticle</dd>" in first
+    assert "mParticle's one" in theirs and "Kept apart" in theirs
+    assert customerio_queue_length(both_directions) == 1
+    assert relay.queue_stats() == {"length": 0, "pending": 0, "dead_letters": 1}  # untouched
+
+
+def test_a_dead_letter_of_a_direction_that_does_not_exist_is_refused(signed_in, app):
+    letter_id = post_webhook(signed_in, b'{"event_id": 5}').get_json()["dead_letter_id"]
+
+    page = signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}",
+                         query_string={"direction": "to_nowhere"})
+    other = signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}",
+                          query_string={"direction": "to_customerio"})
+    replay = submit(signed_in, f"{CONSOLE}/dead-letters",
+                    f"{CONSOLE}/dead-letters/{letter_id}/replay", direction="to_nowhere")
+
+    assert page.status_code == replay.status_code == 400
+    assert "The direction must be to_mparticle or to_customerio." in text(page)
+    assert other.status_code == 404  # not in that direction's stream
+    assert services(app).queue_stats()["dead_letters"] == 1
+
+
+def test_lookup_shows_the_direction_of_an_event_of_either_direction(both_signed_in):
+    payload = webhook("email", "opened")
+    post_webhook(both_signed_in, payload)
+    event = custom_event("Looked Up")
+    post_mparticle(both_signed_in, mparticle_batch(event))
+
+    theirs = text(both_signed_in.get(f"{CONSOLE}/lookup", query_string={"q": payload["event_id"]}))
+    ours = text(both_signed_in.get(f"{CONSOLE}/lookup",
+                                   query_string={"q": event["data"]["source_message_id"]}))
+
+    assert "<dt>Direction</dt><dd>Customer.io → mParticle</dd>" in theirs
+    assert "<dt>Direction</dt><dd>mParticle → Customer.io</dd>" in ours
+    assert '<span class="badge badge-queued">queued</span>' in ours
+
+
 def test_a_quarantined_payload_can_be_read_raw_in_the_console(signed_in, app):
     quarantined = post_webhook(signed_in, b'{"event_id": 5, "note": "<b>odd</b>"}').get_json()
     letter_id = quarantined["dead_letter_id"]
@@ -380,7 +588,7 @@ def test_a_quarantined_payload_can_be_read_raw_in_the_console(signed_in, app):
     raw = signed_in.get(f"{CONSOLE}/dead-letters/{letter_id}").get_data(as_text=True)
 
     assert "not a usable reporting webhook" in listing and "quarantined" in listing
-    assert f'href="/admin/console/dead-letters/{letter_id}"' in listing
+    assert f'href="/admin/console/dead-letters/{letter_id}?direction=to_mparticle"' in listing
     assert '{&#34;event_id&#34;: 5, &#34;note&#34;: &#34;&lt;b&gt;odd&lt;/b&gt;&#34;}</pre>' in raw
     assert '<th scope="row"><code>event_id</code></th><td>Not a valid string.</td>' in raw
     assert signed_in.get(f"{CONSOLE}/dead-letters/0-0").status_code == 404

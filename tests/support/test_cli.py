@@ -199,6 +199,37 @@ def test_dlq_list_shows_each_dead_letter_with_its_reason(runner, app):
     assert [letter["kind"] for letter in letters] == ["quarantined", "event"]
 
 
+def test_dlq_list_shows_the_dead_letters_of_the_direction_asked_for(make_settings, redis,
+                                                                   mparticle, customerio):
+    app = _both_directions(make_settings, redis, mparticle, customerio)
+    send(app, body=b'{"event_id": 1}')
+    quarantined = app.test_client().post("/webhooks/mparticle", data=b"{not json",
+                                         headers={"Authorization": "Bearer x"})
+    letter_id = quarantined.get_json()["dead_letter_id"]
+    runner = app.test_cli_runner()
+
+    theirs = runner.invoke(args=["dlq", "list", "--direction", "to_customerio"])
+    as_json = runner.invoke(args=["dlq", "list", "--direction", "to_customerio", "--json"])
+    default = runner.invoke(args=["dlq", "list", "--json"])
+
+    assert quarantined.status_code == 202
+    assert theirs.exit_code == 0, theirs.output
+    assert "1 dead letters (to_customerio)" in theirs.output
+    assert letter_id in theirs.output and "body is not JSON" in theirs.output
+    (letter,) = json.loads(as_json.output)
+    assert (letter["id"], letter["direction"], letter["body"]) == (
+        letter_id, "to_customerio", "{not json")
+    assert [(item["direction"], item["body"]) for item in json.loads(default.output)] == [
+        ("to_mparticle", '{"event_id": 1}')]
+
+
+def test_dlq_list_of_an_unknown_direction_is_a_usage_error(runner, app):
+    result = runner.invoke(args=["dlq", "list", "--direction", "to_nowhere"])
+
+    assert result.exit_code == 2
+    assert "to_mparticle" in result.output and "to_customerio" in result.output
+
+
 def test_dlq_replay_of_an_id_queues_that_letter_again(runner, app):
     dead_letter_an_event(app)
     (letter_id,) = dead_letter_ids(app)
