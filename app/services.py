@@ -23,6 +23,7 @@ from app.relay.policy import DeliveryPolicy
 from app.relay.worker import RelayWorker
 from app.store import dead_letters, redis_health, stories
 from app.store.admin_guard import ConsoleSessions, SignInFailures
+from app.store.audiences import AudienceStore
 from app.store.batches import BatchStore
 from app.store.consumer import StreamConsumer
 from app.store.events import EventStore
@@ -31,6 +32,8 @@ from app.store.ledger import Ledger
 from app.store.throttle import SharedThrottle
 from app.store.toggles import ToggleStore
 from app.to_customerio import delivery as customerio_delivery
+from app.to_customerio.audience_delivery import AudiencesToCustomerIO
+from app.to_customerio.audience_delivery import route as audience_route
 from app.to_customerio.client import CustomerIOClient
 from app.to_customerio.dry_run import DryRunClient as CustomerIODryRunClient
 from app.to_customerio.mapping import MappingOptions
@@ -135,11 +138,72 @@ class Services:
         return self._worker(direction, self.customerio_keys, state, consumer,
                             min_interval_seconds=1 / limits["max_requests_per_second"])
 
+    # -- mParticle's audiences → Customer.io ------------------------------------------
+
+    @cached_property
+    def audience_keys(self) -> KeySpace:
+        """The key space of audiences: people's memberships, their queue, dead letters."""
+        return self.keys.for_direction("a", "to-customerio-audiences")
+
+    @cached_property
+    def audience_store(self) -> AudienceStore:
+        config = self.settings
+        return AudienceStore(
+            self.redis, self.audience_keys,
+            membership_ttl_seconds=config.customerio["audience_membership_ttl_seconds"],
+            delivery_ttl_seconds=config.dedup["event_ttl_seconds"],
+        )
+
+    @cached_property
+    def audience_events(self) -> EventStore:
+        """Quarantines audience records into the audiences' dead letters."""
+        return EventStore(self.redis, self.audience_keys, first_occurrence_only=False,
+                          dead_letter_max_entries=self.settings.relay["dead_letter_max_entries"])
+
+    def person_audiences(self, person: str) -> dict[str, Any] | None:
+        """A person's audiences and the last change applied per audience, or None.
+
+        ``person`` is a customer id, an email or a ``cio_`` id, as mParticle sent it.
+        """
+        value = person.strip()
+        candidates = [f"id:{value}", f"email:{value.lower()}"]
+        if value.startswith("cio_"):
+            candidates.insert(0, f"cio_id:{value[4:]}")
+        for routing_key in candidates:
+            history = self.audience_store.history(routing_key)
+            if history:
+                audiences = sorted(audience for audience, last in history.items()
+                                   if last["member"])
+                return {"person": routing_key, "audiences": audiences,
+                        "changes": {str(audience): last
+                                    for audience, last in sorted(history.items())}}
+        return None
+
+    def build_audience_worker(self, *, consumer: str | None = None) -> RelayWorker:
+        """A worker for audiences → Customer.io (the same client and shared throttle)."""
+        config = self.settings
+        config.require_customerio()
+        limits = config.customerio
+        client: Any = (CustomerIODryRunClient() if limits["dry_run"]
+                       else self.customerio_client())
+        state = self.to_customerio_state_keys()
+        direction = AudiencesToCustomerIO(
+            client, state, self.customerio_options, self.audience_store,
+            one_attribute_per_audience=limits["one_attribute_per_audience"],
+            max_items_per_request=limits["max_items_per_request"],
+            max_request_bytes=limits["max_request_bytes"],
+            max_item_bytes=limits["max_item_bytes"],
+        )
+        return self._worker(direction, self.audience_keys, state, consumer,
+                            min_interval_seconds=1 / limits["max_requests_per_second"])
+
     def build_workers(self) -> list[RelayWorker]:
-        """Every direction's worker this process runs: both when mParticle's route is on."""
+        """Every worker this process runs: one per direction that is on (and audiences)."""
         workers = [self.build_worker()]
         if self.settings.to_customerio_enabled:
             workers.append(self.build_customerio_worker())
+        if self.settings.audiences_enabled:
+            workers.append(self.build_audience_worker())
         return workers
 
     # -- Customer.io → mParticle -----------------------------------------------------
@@ -231,7 +295,8 @@ class Services:
         """Each direction's dead letters (its key space) and how to route a letter's body."""
         options = self.customerio_options
         return [(self.keys, delivery.route),
-                (self.customerio_keys, lambda body: customerio_delivery.route(options, body))]
+                (self.customerio_keys, lambda body: customerio_delivery.route(options, body)),
+                (self.audience_keys, lambda body: audience_route(options, body))]
 
     def first_flags(self, delivery_id: str) -> dict[str, Any]:
         """The first-occurrence flags set for a Customer.io delivery."""

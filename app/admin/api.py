@@ -80,6 +80,16 @@ def event_story(event_id: str) -> Response:
     return json_response(story, 200)
 
 
+@blueprint.get("/audiences/<path:person>")
+def person_audiences(person: str) -> Response:
+    """A person's audiences (by customer id or email) and the last change per audience."""
+    found = services(current_app).person_audiences(person)
+    if found is None:
+        return json_response({"error": "not found", "details": "no audience change is known "
+                              "for this customer id or email", "person": person}, 404)
+    return json_response(found, 200)
+
+
 @blueprint.get("/first/<path:delivery_id>")
 def delivery_flags(delivery_id: str) -> Response:
     """The first-occurrence flags set for a delivery."""

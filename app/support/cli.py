@@ -324,7 +324,32 @@ def dlq_replay(ids: tuple[str, ...], replay_all: bool) -> None:
         sys.exit(1)
 
 
-COMMANDS = (worker_command, check_command, events_group, dedup_group, dlq_group)
+@click.group("audiences")
+def audiences_group() -> None:
+    """Look up a person's audiences (mParticle's audiences → Customer.io)."""
+
+
+@audiences_group.command("show")
+@click.argument("person")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def audiences_show(person: str, as_json: bool) -> None:
+    """The audiences a person is in, and the last change applied for each audience."""
+    found = _relay().person_audiences(person)
+    if found is None:
+        _emit({"person": person, "known": False}, as_json,
+              f"{person}: no audience change known for this customer id or email")
+        sys.exit(1)
+    lines = [f"person     {found['person']}",
+             "in         " + (", ".join(str(a) for a in found["audiences"]) or "(none)")]
+    for audience, last in found["changes"].items():
+        lines.append(f"{audience:>10} {'joined' if last['member'] else 'left':6} "
+                     f"{_when(last['changed_at_ms'])}  {last['name']}")
+    _emit(found, as_json, "\n".join(lines))
+
+
+COMMANDS = (worker_command, check_command, events_group, dedup_group, dlq_group,
+            audiences_group)
 
 
 def register_commands(app: Flask) -> None:

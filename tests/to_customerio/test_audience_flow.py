@@ -146,3 +146,34 @@ def test_left_then_joined_at_one_time_leaves_the_person_in(app, customerio):
     relay_once(app)
     assert memberships(customerio)[-1] == "'8'"
     assert services(app).audience_store.history("id:p1")[8]["member"] is True
+
+
+def test_support_sees_a_persons_audiences_and_their_history(app):
+    post(app, audience_message(30, customer_id="ada", name="Readers"),
+         audience_message(31, customer_id="ada", name="Writers"))
+    post(app, audience_message(31, customer_id="ada", member=False, name="Writers"))
+    relay = services(app)
+
+    found = relay.person_audiences("ada")
+    listed = app.test_cli_runner().invoke(args=["audiences", "show", "ada"])
+    unknown = app.test_cli_runner().invoke(args=["audiences", "show", "nobody"])
+
+    assert found["audiences"] == [30] and found["person"] == "id:ada"
+    assert found["changes"]["31"]["member"] is False and found["changes"]["31"]["name"] == "Writers"
+    assert listed.exit_code == 0 and "left" in listed.output and "Readers" in listed.output
+    assert unknown.exit_code == 1
+
+
+def test_the_admin_api_shows_a_persons_audiences(make_app):
+    from tests.conftest import ADMIN_TOKEN
+
+    app = make_app(MPARTICLE_AUDIENCE_ACCESS_KEY=firehose.ACCESS_KEY)
+    post(app, audience_message(12, customer_id="bob"))
+    client = app.test_client()
+
+    found = client.get("/admin/audiences/bob", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    missing = client.get("/admin/audiences/zed",
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+    assert found.status_code == 200 and found.get_json()["audiences"] == [12]
+    assert missing.status_code == 404
