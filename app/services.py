@@ -283,12 +283,14 @@ class Services:
 
         A Customer.io event_id, or an mParticle event's idempotency key.
         """
-        story = stories.find_event(self.redis, self.keys, event_id, delivery.delivery_of)
-        if story is not None:
-            return {"direction": delivery.NAME, **story}
-        story = stories.find_event(self.redis, self.customerio_keys, event_id, _no_delivery)
-        if story is not None:
-            return {"direction": customerio_delivery.NAME, **story}
+        for keys, delivery_of, direction, destination in (
+                (self.keys, delivery.delivery_of, delivery.NAME, "mParticle"),
+                (self.customerio_keys, _no_delivery, customerio_delivery.NAME, "Customer.io")):
+            story = stories.find_event(self.redis, keys, event_id, delivery_of)
+            if story is not None:
+                if story["where"] == "relayed":
+                    story["where"] = f"relayed to {destination}"
+                return {"direction": direction, **story}
         return None
 
     def replay_sources(self) -> list[tuple[KeySpace, Any]]:

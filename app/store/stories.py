@@ -63,7 +63,7 @@ def _story(
         story["where"] = _queue_position(redis, keys, shard, story, delivery_of)
     else:
         story["where"] = {
-            "relayed": "relayed to mParticle",
+            "relayed": "relayed",
             "dead_lettered": "in the dead-letter store",
             "suppressed": "not forwarded: not the first of its type for this delivery",
             "ignored": f"not forwarded: {story.get('reason')}",

@@ -30,7 +30,7 @@ from app.to_mparticle.client import RATE_LIMIT_HEADER, credential_id
 from app.to_mparticle.mapping import source_message_id
 from tests.conftest import ADMIN_TOKEN, STANDIN_KEY, STANDIN_SECRET
 from tests.helpers.mparticle_standin import MParticleStandIn, Reply
-from tests.helpers.stories import find_event, first_flags
+from tests.helpers.stories import first_flags
 from tests.helpers.webhooks import encode, signed_headers, webhook
 
 FAST_RELAY = {
@@ -102,8 +102,7 @@ def queue_state(app: Flask) -> tuple[int, int]:
 
 
 def story(app: Flask, payload: dict[str, Any]) -> dict[str, Any]:
-    relay = services(app)
-    found = find_event(relay.redis, relay.keys, payload["event_id"])
+    found = services(app).find_event(payload["event_id"])  # as support reads it
     assert found is not None
     return found
 

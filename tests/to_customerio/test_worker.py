@@ -146,3 +146,4 @@ def test_an_event_whose_story_is_told_says_relayed(app, customerio):
 
     assert story["status"] == "relayed" and story["event"] == "custom_event"
     assert story["direction"] == "to_customerio"
+    assert story["where"] == "relayed to Customer.io"
