@@ -52,7 +52,7 @@ REDIS_DECODING: dict[str, Any] = {"decode_responses": True, "encoding_errors": "
 
 # The directions by name, as the admin API, the console and the CLI take them (the first
 # is the default): Customer.io → mParticle, mParticle → Customer.io.
-DIRECTIONS = (delivery.NAME, customerio_delivery.NAME)
+DIRECTIONS = (delivery.NAME, customerio_delivery.NAME, "to_customerio_audiences")
 
 
 @dataclass
@@ -306,13 +306,16 @@ class Services:
 
     def direction_keys(self) -> dict[str, KeySpace]:
         """Every direction's key space by its name, on or off (letters outlive a direction)."""
-        return {delivery.NAME: self.keys, customerio_delivery.NAME: self.customerio_keys}
+        return {delivery.NAME: self.keys, customerio_delivery.NAME: self.customerio_keys,
+                "to_customerio_audiences": self.audience_keys}
 
     def directions_on(self) -> list[str]:
         """The directions this relay takes: to_mparticle, and to_customerio when it is on."""
         names = [delivery.NAME]
         if self.settings.to_customerio_enabled:
             names.append(customerio_delivery.NAME)
+        if self.settings.audiences_enabled:
+            names.append("to_customerio_audiences")
         return names
 
     def queue_stats(self, keys: KeySpace | None = None) -> dict[str, int]:

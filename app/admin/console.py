@@ -73,8 +73,10 @@ _PUBLIC = frozenset({"admin_console.entry", "admin_console.sign_in"})
 
 # Each direction as people read it, and where it sends to.
 DIRECTION_TITLES = {"to_mparticle": "Customer.io → mParticle",
-                    "to_customerio": "mParticle → Customer.io"}
-DESTINATIONS = {"to_mparticle": "mParticle", "to_customerio": "Customer.io"}
+                    "to_customerio": "mParticle → Customer.io",
+                    "to_customerio_audiences": "mParticle audiences → Customer.io"}
+DESTINATIONS = {"to_mparticle": "mParticle", "to_customerio": "Customer.io",
+                "to_customerio_audiences": "Customer.io"}
 
 _MPARTICLE_ANSWERS = {
     202: "accepted",
@@ -522,7 +524,7 @@ def _directions_to_search(direction: str | None) -> tuple[str, ...]:
     if direction is None:
         return DIRECTIONS
     if direction not in DIRECTIONS:
-        abort(400, description=f"The direction must be {' or '.join(DIRECTIONS)}.")
+        abort(400, description=f"The direction must be one of {', '.join(DIRECTIONS)}.")
     return (direction,)
 
 

@@ -560,7 +560,8 @@ def test_a_dead_letter_of_a_direction_that_does_not_exist_is_refused(signed_in, 
                     f"{CONSOLE}/dead-letters/{letter_id}/replay", direction="to_nowhere")
 
     assert page.status_code == replay.status_code == 400
-    assert "The direction must be to_mparticle or to_customerio." in text(page)
+    assert ("The direction must be one of to_mparticle, to_customerio, "
+            "to_customerio_audiences.") in text(page)
     assert other.status_code == 404  # not in that direction's stream
     assert services(app).queue_stats()["dead_letters"] == 1
 
