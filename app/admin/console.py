@@ -369,16 +369,20 @@ def change_event_type(name: str) -> Response:
 
 @blueprint.get("/console/lookup")
 def lookup() -> str:
-    """An event's story by its event id, else a delivery's first-occurrence flags."""
+    """An event's story by its event id, else a delivery's first-occurrence flags, else a
+    person's audiences (by customer id or email)."""
     query = request.args.get("q", "").strip()
-    story = flags = None
+    story = flags = person = None
     if query:
         relay = services(current_app)
         story = relay.find_event(query)
         if story is None:
             found = relay.first_flags(query)
             flags = found if found["flags"] else None
-    return render_template("admin/lookup.html", q=query, story=story, flags=flags)
+        if story is None and flags is None:
+            person = relay.person_audiences(query)
+    return render_template("admin/lookup.html", q=query, story=story, flags=flags,
+                           person=person)
 
 
 # -- queue ----------------------------------------------------------------------------

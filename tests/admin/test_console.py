@@ -688,3 +688,24 @@ def test_the_session_cookie_is_secure_when_the_console_is_served_over_https(clie
     assert "Secure" not in over_http.headers["Set-Cookie"]  # make run on a laptop still works
     assert over_https.status_code == 303
     assert "Secure" in over_https.headers["Set-Cookie"]
+
+
+def test_lookup_by_a_customer_id_lists_the_persons_audiences(make_settings, redis, customerio):
+    from tests.helpers import firehose
+    from tests.helpers.firehose import audience_message
+
+    app = create_app(make_settings(
+        MPARTICLE_AUDIENCE_ACCESS_KEY=firehose.ACCESS_KEY, CUSTOMERIO_SITE_ID="s",
+        CUSTOMERIO_API_KEY="k", CUSTOMERIO_BASE_URL=customerio.base_url,
+    ), redis_client=redis)
+    client = app.test_client()
+    body, request_id = firehose.delivery(audience_message(77, customer_id="ada", name="Readers"))
+    assert client.post("/webhooks/mparticle/audiences", data=firehose.encode(body),
+                       headers=firehose.headers(request_id)).status_code == 200
+    assert sign_in(client).status_code == 303
+
+    page = client.get(f"{CONSOLE}/lookup", query_string={"q": "ada"})
+
+    assert page.status_code == 200
+    assert "Person <code>id:ada</code>" in text(page)
+    assert "Readers" in text(page) and "joined" in text(page)
