@@ -220,6 +220,8 @@ class Settings:
     source: str
     customerio_region: str = "us"
     customerio_base_url: str = "https://track.customer.io"
+    # The worker process's own /metrics port (WORKER_METRICS_PORT); None: not served.
+    worker_metrics_port: int | None = None
 
     @property
     def embedded(self) -> bool:
@@ -297,8 +299,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         source=str(path),
         customerio_region=_customerio_region(env),
         customerio_base_url=_customerio_base_url(env),
+        worker_metrics_port=_port(env, "WORKER_METRICS_PORT"),
         **sections,
     )
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), not {raw!r}")
+    return int(raw)
 
 
 def _customerio_region(env: Mapping[str, str]) -> str:

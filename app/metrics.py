@@ -99,22 +99,47 @@ class RelayMetrics:
 
 
 class QueueCollector(Collector):
-    """Reads queue depth, pending entries and dead letters from Redis at scrape time."""
+    """Reads each direction's queue, dead letters and credentials, and Redis's memory, from
+    Redis at scrape time.
 
-    def __init__(self, queue_stats: Any) -> None:
-        self._queue_stats = queue_stats
+    While Redis cannot be reached the scrape still answers, with ``cio_relay_redis_up 0``
+    and the process counters, so an outage shows as one, not as a target that is down.
+    """
+
+    def __init__(self, scrape_stats: Any) -> None:
+        self._scrape_stats = scrape_stats
 
     def collect(self):
-        stats = self._queue_stats()
-        depth = GaugeMetricFamily("cio_relay_queue_depth", "Events queued, not yet relayed")
-        depth.add_metric([], stats["length"])
-        pending = GaugeMetricFamily(
-            "cio_relay_queue_pending", "Queued events a worker is sending right now"
-        )
-        pending.add_metric([], stats["pending"])
-        dead = GaugeMetricFamily("cio_relay_dead_letters", "Entries in the dead-letter store")
-        dead.add_metric([], stats["dead_letters"])
-        families = [depth, pending, dead]
+        up = GaugeMetricFamily("cio_relay_redis_up", "1 while Redis answers the scrape, else 0")
+        try:
+            stats = self._scrape_stats()
+        except Exception:
+            up.add_metric([], 0)
+            return [up]
+        up.add_metric([], 1)
+        gauges = {
+            "length": GaugeMetricFamily("cio_relay_queue_depth", "Events queued, not yet relayed",
+                                        labels=["direction"]),
+            "pending": GaugeMetricFamily("cio_relay_queue_pending",
+                                         "Queued events a worker is sending right now",
+                                         labels=["direction"]),
+            "dead_letters": GaugeMetricFamily("cio_relay_dead_letters",
+                                              "Entries in the dead-letter store",
+                                              labels=["direction"]),
+            "oldest_age_seconds": GaugeMetricFamily(
+                "cio_relay_queue_oldest_age_seconds", "Age of the oldest queued event",
+                labels=["direction"]),
+            "credentials_refused": GaugeMetricFamily(
+                "cio_relay_credentials_refused",
+                "1 while the destination refuses the credentials (sending paused), else 0",
+                labels=["direction"]),
+        }
+        for direction, figures in stats["directions"].items():
+            for name, gauge in gauges.items():
+                value = figures.get(name)
+                if value is not None:
+                    gauge.add_metric([direction], value)
+        families = [up, *gauges.values()]
         if "redis_memory_used_bytes" in stats:
             used = GaugeMetricFamily("cio_relay_redis_memory_used_bytes",
                                      "Redis used_memory (the fullest node of a cluster)")
@@ -126,7 +151,7 @@ class QueueCollector(Collector):
         return families
 
 
-def render_metrics(queue_stats: Any) -> bytes:
+def render_metrics(scrape_stats: Any) -> bytes:
     """The Prometheus text for this process (or all gunicorn workers) plus the queue."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -135,5 +160,5 @@ def render_metrics(queue_stats: Any) -> bytes:
     else:
         process_text = generate_latest(REGISTRY)
     queue_registry = CollectorRegistry()
-    queue_registry.register(QueueCollector(queue_stats))
+    queue_registry.register(QueueCollector(scrape_stats))
     return process_text + generate_latest(queue_registry)

@@ -350,9 +350,18 @@ class Services:
                                                  count)
         return [{**letter, "direction": direction} for letter in letters]
 
-    def scrape_stats(self) -> dict[str, int]:
-        """What /metrics reads from Redis at scrape time: the queue, and Redis's memory."""
-        stats = self.queue_stats()
+    def scrape_stats(self) -> dict[str, Any]:
+        """What /metrics reads from Redis at scrape time: every direction on (its queue,
+        dead letters, oldest age, refused credentials), and Redis's memory."""
+        auth = {"to_mparticle": self.keys.mparticle_auth,
+                "to_customerio": self.keys.customerio_auth,
+                "to_customerio_audiences": self.keys.customerio_auth}
+        directions = {}
+        for name in self.directions_on():
+            figures = self.direction_stats(name)
+            figures["credentials_refused"] = int(bool(self.redis.get(auth[name])))
+            directions[name] = figures
+        stats: dict[str, Any] = {"directions": directions}
         memory = redis_health.memory_state(self.redis)
         if memory is not None:
             stats["redis_memory_used_bytes"] = memory.used_bytes

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import sys
 import time
 from typing import Any
 
 import click
+import prometheus_client
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
@@ -26,6 +28,8 @@ from app.support import dead_letters as dead_letter_replay
 from app.to_customerio.client import AuthError as CustomerIOAuthError
 from app.to_mparticle.catalog import CATALOG
 from app.to_mparticle.client import AuthError
+
+logger = logging.getLogger(__name__)
 
 
 def _relay() -> Any:
@@ -68,7 +72,14 @@ def worker_command() -> None:
     relay = _relay()
     try:
         relay.require_redis_that_keeps_data()
-        run_until_signalled(*relay.build_workers())
+        workers = relay.build_workers()
+        port = relay.settings.worker_metrics_port
+        if port:
+            # The worker's counters (relayed, retried, dead-lettered, latencies) live in
+            # this process: served here, since the web process's /metrics cannot see them.
+            prometheus_client.start_http_server(port)
+            logger.info("worker metrics served on port %d at /metrics", port)
+        run_until_signalled(*workers)
     except ConfigError as exc:
         _fail(f"configuration error: {exc}")
 

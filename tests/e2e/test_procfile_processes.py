@@ -147,7 +147,7 @@ def test_procfile_web_and_worker_relay_a_mixed_stream_exactly_once(deployment, m
     assert admin_get(deployment, "/admin/queue").json()["length"] == 0
     metrics = requests.get(f"{deployment.url}/metrics", timeout=5).text
     assert 'cio_relay_webhooks_total{direction="to_mparticle",outcome="queued"}' in metrics
-    assert "cio_relay_queue_depth 0.0" in metrics
+    assert 'cio_relay_queue_depth{direction="to_mparticle"} 0.0' in metrics
 
 
 def test_worker_retries_429_and_503_with_the_same_bytes_and_sends_each_event_once(

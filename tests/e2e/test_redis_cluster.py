@@ -142,8 +142,8 @@ def test_end_to_end_on_a_redis_cluster_relays_each_event_once(
     queue = admin_get(cluster_relay, "/admin/queue")
     assert queue.status_code == 200 and queue.json()["length"] == 0
     assert requests.get(f"{cluster_relay.url}/readyz", timeout=5).status_code == 200
-    assert "cio_relay_queue_depth 0.0" in requests.get(f"{cluster_relay.url}/metrics",
-                                                       timeout=5).text
+    metrics = requests.get(f"{cluster_relay.url}/metrics", timeout=5).text
+    assert 'cio_relay_queue_depth{direction="to_mparticle"} 0.0' in metrics
 
     cluster_relay.stop_all()
     for process in cluster_relay.processes:

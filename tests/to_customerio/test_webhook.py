@@ -229,3 +229,23 @@ def test_metrics_count_this_direction_apart_from_the_other(app):
                    reason="authorization") == refused + 1
     assert _series(client, "cio_relay_webhooks_total", direction="to_mparticle",
                    outcome="queued") == other
+
+
+def test_metrics_show_each_directions_queue_and_redis_up(app):
+    post(app.test_client(), mparticle_batch(custom_event()))
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'cio_relay_queue_depth{direction="to_customerio"} 1.0' in text
+    assert 'cio_relay_queue_depth{direction="to_mparticle"} 0.0' in text
+    assert 'cio_relay_credentials_refused{direction="to_customerio"} 0.0' in text
+    assert "cio_relay_redis_up 1.0" in text
+
+
+def test_metrics_still_answer_while_redis_is_away(make_settings, proxy, customerio):
+    client = redis_lib.Redis.from_url(proxy.url, socket_timeout=0.3, **REDIS_DECODING)
+    app = create_app(make_settings(), redis_client=client)
+    proxy.hang()
+
+    response = app.test_client().get("/metrics")
+
+    assert response.status_code == 200
+    assert "cio_relay_redis_up 0.0" in response.get_data(as_text=True)
