@@ -7,15 +7,13 @@ CLI uses.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, abort, current_app, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from app.admin import guard
 from app.errors import json_response
 from app.services import DIRECTIONS, services
-from app.store.toggles import UnknownEventTypeError
+from app.store.toggles import NAME_RULE, is_well_formed
 from app.support import dead_letters as dead_letter_replay
 
 blueprint = Blueprint("admin_api", __name__, url_prefix="/admin")
@@ -99,14 +97,24 @@ def delivery_flags(delivery_id: str) -> Response:
 
 @blueprint.get("/events")
 def list_event_types() -> Response:
-    """Every event type: enabled?, the file's default, the runtime override."""
+    """Every event type: enabled?, the file's default, the runtime override, and whether
+    the catalog knows it (``known``: false for a type an admin added)."""
     rows = [toggle.as_dict() for toggle in services(current_app).toggles.list()]
     return json_response({"events": rows}, 200)
 
 
+def _malformed(names: list[str]) -> Response:
+    return json_response(
+        {"error": "malformed event type",
+         "details": {name: [f"not a well-formed event type: must be {NAME_RULE}"]
+                     for name in names}}, 400
+    )
+
+
 class ToggleChangeSchema(Schema):
     """``{"events": {"email_opened": false, "push_sent": null}, "by": "alice"}``;
-    null drops the override. A flat ``{"email_opened": false}`` is accepted too."""
+    null drops the override. A flat ``{"email_opened": false}`` is accepted too. Any
+    well-formed ``<object_type>_<metric>`` may be named, in the catalog or not."""
 
     events = fields.Dict(
         keys=fields.String(),
@@ -128,12 +136,10 @@ def change_event_types() -> Response:
         return json_response({"error": "invalid request", "details": exc.normalized_messages()},
                              400)
     toggles = services(current_app).toggles
-    unknown = [name for name in change["events"] if not _is_known(toggles, name)]
-    if unknown:
-        return json_response(
-            {"error": "unknown event type", "details": {name: ["not a known Customer.io event "
-             "type"] for name in unknown}}, 400
-        )
+    malformed = [name for name in change["events"]
+                 if not toggles.is_known(name) and not is_well_formed(name)]
+    if malformed:
+        return _malformed(malformed)
     actor = change["by"]
     for name, enabled in change["events"].items():
         if enabled is None:
@@ -141,14 +147,6 @@ def change_event_types() -> Response:
         else:
             toggles.set(name, enabled, actor=actor)
     return list_event_types()
-
-
-def _is_known(toggles: Any, name: str) -> bool:
-    try:
-        toggles.get(name)
-    except UnknownEventTypeError:
-        return False
-    return True
 
 
 @blueprint.get("/queue")

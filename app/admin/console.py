@@ -49,6 +49,7 @@ from app.services import DIRECTIONS, Services, services
 from app.store import dead_letters as letters_store
 from app.store import relay_state
 from app.store.admin_guard import ConsoleSessions
+from app.store.toggles import MAX_NAME_LENGTH, NAME_RULE, is_well_formed
 from app.support import dead_letters as dead_letter_replay
 from app.support.dead_letters import ReplayReport
 from app.to_mparticle import catalog
@@ -325,40 +326,71 @@ def _safe_next(target: str) -> str | None:
 # -- event types ----------------------------------------------------------------------
 
 
+# The section of the event-types page for the types an admin added (never a channel:
+# catalogue channels are words without a hyphen).
+ADDED_SECTION = ("added-by-admins", "Not in the catalog")
+
+
 @blueprint.get("/console/events")
 def event_types() -> str:
-    """Every event type: forwarded?, the file's default, the override and who set it."""
+    """Every event type: forwarded?, the file's default, the override and who set it; and
+    those an admin added that the catalog does not list, in a section of their own."""
     toggles = services(current_app).toggles.list()
     channels: dict[str, list[Any]] = {}
+    added = []
     for toggle in toggles:
-        channels.setdefault(catalog.CATALOG[toggle.name].object_type, []).append(toggle)
+        event_type = catalog.CATALOG.get(toggle.name)
+        if event_type is None:
+            added.append(toggle)
+        else:
+            channels.setdefault(event_type.object_type, []).append(toggle)
+    sections = [(channel, catalog.CHANNEL_TITLES.get(channel, channel), rows)
+                for channel, rows in channels.items()]
+    if added:
+        sections.append((*ADDED_SECTION, added))
     return render_template(
         "admin/events.html",
-        channels=[(channel, catalog.CHANNEL_TITLES.get(channel, channel), rows)
-                  for channel, rows in channels.items()],
+        channels=sections,
         forwarded=sum(toggle.enabled for toggle in toggles),
         overridden=sum(toggle.override is not None for toggle in toggles),
         total=len(toggles),
+        name_rule=NAME_RULE,
+        max_name_length=MAX_NAME_LENGTH,
+        added_section=ADDED_SECTION[0],
     )
+
+
+@blueprint.post("/console/events")
+def add_event_type() -> Response:
+    """Turn on an event type by name: one the catalog does not list (or one it does)."""
+    return _change_event_type(request.form.get("name", "").strip(), "on")
 
 
 @blueprint.post("/console/events/<name>")
 def change_event_type(name: str) -> Response:
     """Turn one event type on or off for every process, or back to its default."""
-    if name not in catalog.CATALOG:
-        abort(404, description=f"{name} is not a Customer.io event type the relay knows.")
+    return _change_event_type(name, request.form.get("action"))
+
+
+def _change_event_type(name: str, action: str | None) -> Response:
     toggles = services(current_app).toggles
-    action = request.form.get("action")
+    if not toggles.is_known(name) and not is_well_formed(name):
+        flash(f"Nothing changed: “{name[:80]}” is not a well-formed event type: "
+              f"it must be {NAME_RULE}.", "error")
+        return redirect(url_for(".event_types"), 303)
+    unknown = "" if toggles.is_known(name) else " (not in the catalog)"
     if action == "reset":
         toggle = toggles.reset(name, actor=ACTOR)
-        flash(f"{name} is back to the file's default: "
+        flash(f"{name}{unknown} is back to the file's default: "
               f"{'forwarded' if toggle.enabled else 'not forwarded'}.", "success")
     elif action in ("on", "off"):
         toggles.set(name, action == "on", actor=ACTOR)
         if action == "on":
-            flash(f"{name} turned on: these webhooks are queued for mParticle again.", "success")
+            flash(f"{name}{unknown} turned on: these webhooks are queued for mParticle.",
+                  "success")
         else:
-            flash(f"{name} turned off: these webhooks are now answered “ignored”.", "success")
+            flash(f"{name}{unknown} turned off: these webhooks are now answered “ignored”.",
+                  "success")
     else:
         abort(400, description='The form must say action = "on", "off" or "reset".')
     return redirect(url_for(".event_types", _anchor=name), 303)

@@ -24,9 +24,9 @@ from app.relay.outcomes import DeliveryError
 from app.relay.runner import run_until_signalled
 from app.services import DIRECTIONS, services
 from app.store import stories, upgrade
+from app.store.toggles import NAME_RULE, is_well_formed
 from app.support import dead_letters as dead_letter_replay
 from app.to_customerio.client import AuthError as CustomerIOAuthError
-from app.to_mparticle.catalog import CATALOG
 from app.to_mparticle.client import AuthError
 
 logger = logging.getLogger(__name__)
@@ -154,51 +154,60 @@ def events_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @with_appcontext
 def events_list(as_json: bool) -> None:
-    """Every known event type: enabled?, default, override, last change."""
+    """Every known event type, then those an admin added: enabled?, default, override,
+    known to the catalog?, last change."""
     rows = [toggle.as_dict() for toggle in _relay().toggles.list()]
-    lines = [f"{'EVENT TYPE':45} {'ENABLED':8} {'DEFAULT':8} SOURCE"]
+    lines = [f"{'EVENT TYPE':45} {'ENABLED':8} {'DEFAULT':8} {'SOURCE':9} KNOWN"]
     for row in rows:
         change = f" (by {row['changed_by']})" if row["changed_by"] else ""
         lines.append(
             f"{row['name']:45} {'yes' if row['enabled'] else 'no':8} "
-            f"{'on' if row['default'] else 'off':8} {row['source']}{change}"
+            f"{'on' if row['default'] else 'off':8} {row['source']:9} "
+            f"{'yes' if row['known'] else 'no'}{change}"
         )
     _emit(rows, as_json, "\n".join(lines))
 
 
-def _known_event_type(_ctx: Any, _param: Any, value: str) -> str:
-
-    if value not in CATALOG:
-        raise click.BadParameter(f"{value!r} is not a known Customer.io event type "
-                                 "(see 'events list')")
+def _event_type_name(_ctx: Any, _param: Any, value: str) -> str:
+    """Any well-formed <object_type>_<metric>, in the catalog or not; else a usage error."""
+    if not is_well_formed(value):
+        raise click.BadParameter(f"{value!r} is not a well-formed event type: must be {NAME_RULE}")
     return value
 
 
+def _not_in_the_catalog(toggle: Any) -> str:
+    return "" if toggle.known else "; not in the catalog"
+
+
 @events_group.command("enable")
-@click.argument("name", callback=_known_event_type)
+@click.argument("name", callback=_event_type_name)
 @with_appcontext
 def events_enable(name: str) -> None:
-    """Forward events of this type to mParticle."""
+    """Forward events of this type to mParticle (any well-formed type, known or not)."""
     toggle = _relay().toggles.set(name, True, actor=_actor())
-    click.echo(f"{name}: enabled (default {'on' if toggle.default else 'off'})")
+    click.echo(f"{name}: enabled (default {'on' if toggle.default else 'off'}"
+               f"{_not_in_the_catalog(toggle)})")
 
 
 @events_group.command("disable")
-@click.argument("name", callback=_known_event_type)
+@click.argument("name", callback=_event_type_name)
 @with_appcontext
 def events_disable(name: str) -> None:
     """Stop forwarding events of this type (they are answered "ignored")."""
     toggle = _relay().toggles.set(name, False, actor=_actor())
-    click.echo(f"{name}: disabled (default {'on' if toggle.default else 'off'})")
+    click.echo(f"{name}: disabled (default {'on' if toggle.default else 'off'}"
+               f"{_not_in_the_catalog(toggle)})")
 
 
 @events_group.command("reset")
-@click.argument("name", callback=_known_event_type)
+@click.argument("name", callback=_event_type_name)
 @with_appcontext
 def events_reset(name: str) -> None:
-    """Drop the runtime override; the settings file decides again."""
+    """Drop the runtime override; the settings file decides again (off if not in the
+    catalog)."""
     toggle = _relay().toggles.reset(name, actor=_actor())
-    click.echo(f"{name}: back to the default ({'on' if toggle.enabled else 'off'})")
+    click.echo(f"{name}: back to the default ({'on' if toggle.enabled else 'off'}"
+               f"{_not_in_the_catalog(toggle)})")
 
 
 # -- dedup -----------------------------------------------------------------------------

@@ -1,11 +1,21 @@
 """Every Customer.io reporting-webhook event type, and what the feed calls it.
 
-The lists come from Customer.io's OpenAPI document for reporting webhooks
-(``shared/reference``); ``tests/test_catalog.py`` checks them against it. An event
-type is ``<object_type>_<metric>``. The 20 types of Customer.io's own mParticle feed
-are on by default; every other known type is listed and off. A combination not
-listed here is unknown: the webhook answers ``ignored``, never an error, so
-Customer.io does not retry it forever.
+The lists are what Customer.io documents: its OpenAPI document for reporting webhooks
+("Reporting webhooks", ``shared/reference``). The tests carry that document's facts in
+``tests/fixtures/customerio_openapi_facts.json`` (``tests/fixtures/customerio_openapi.py``
+distils them from a copy of the document) and ``tests/to_mparticle/test_catalog.py``
+checks the lists against them. An event type is ``<object_type>_<metric>``. The 20
+types of Customer.io's own mParticle feed are on by default; every other known type is
+listed and off.
+
+A combination not listed here is unknown: the webhook answers ``ignored: unknown event
+type`` (never an error, so Customer.io does not retry it forever) unless an admin turned
+that type on at run time (``cio-relay events enable NAME``, ``PUT /admin/events``, the
+console). Any well-formed name can be (``app.store.toggles.is_well_formed``): published
+payloads carry types the document does not list, ``email_deferred`` for one. Such a type
+is mapped like a known one (:func:`event_type_of`): named after itself in the
+``customerio`` naming style, in Title Case in the ``mparticle_feed`` style
+("Email Deferred").
 """
 
 from __future__ import annotations
@@ -80,13 +90,23 @@ class EventType:
 
     @property
     def feed_name(self) -> str:
-        """Title Case name as mParticle's Customer.io feed documents it."""
-        metric = METRIC_TITLES.get(self.metric) or self.metric.replace("_", " ").title()
-        return f"{CHANNEL_TITLES[self.object_type]} {metric}"
+        """Title Case name as mParticle's Customer.io feed documents it.
+
+        A type the feed does not name (one an admin added) gets the same treatment:
+        the channel's title (or its words capitalised), then the metric's.
+        """
+        channel = CHANNEL_TITLES.get(self.object_type) or _title(self.object_type)
+        metric = METRIC_TITLES.get(self.metric) or _title(self.metric)
+        return f"{channel} {metric}"
 
     def event_name(self, style: str) -> str:
         """Name of the custom event sent to mParticle under the configured naming style."""
         return self.feed_name if style == "mparticle_feed" else self.name
+
+
+def _title(words: str) -> str:
+    """``deferred`` -> ``Deferred``, ``link_opened`` -> ``Link Opened``, ``2fa`` -> ``2fa``."""
+    return " ".join(word.capitalize() for word in words.split("_") if word)
 
 
 def _build_catalog() -> dict[str, EventType]:
@@ -109,6 +129,16 @@ CATALOG: dict[str, EventType] = _build_catalog()
 def lookup(object_type: str, metric: str) -> EventType | None:
     """Return the known event type for this pair, or None when we do not know it."""
     return CATALOG.get(f"{object_type}_{metric}")
+
+
+def event_type_of(object_type: str, metric: str) -> EventType:
+    """The known event type for this pair, else one for a type the catalog does not list.
+
+    For the worker: an uncatalogued type reaches the queue only when an admin turned it
+    on, and is then mapped like any other (off by default, as every unknown type is).
+    """
+    known = CATALOG.get(f"{object_type}_{metric}")
+    return known if known is not None else EventType(object_type, metric, False)
 
 
 def default_toggles() -> dict[str, bool]:

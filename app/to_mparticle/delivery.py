@@ -67,15 +67,15 @@ class ToMParticle:
                 )
                 unusable.append(Unusable(placeholder, "queue entry is not a reporting webhook"))
                 continue
-            name = f"{webhook['object_type']}_{webhook['metric']}"
-            event_type = catalog.CATALOG.get(name)
+            # Known or not: a type the catalog does not list is queued only when an admin
+            # turned it on, and is named after itself (Title Case in the feed's style).
+            event_type = catalog.event_type_of(webhook["object_type"], webhook["metric"])
+            name = event_type.name
             identities = mapping.person_identities(webhook)
             event = QueuedEvent(
                 queue=entry.queue, shard=entry.shard, entry_id=entry.entry_id,
                 event_id=webhook["event_id"], event_type=name, identities=identities,
-                event=mapping.map_event(
-                    webhook, event_type.event_name(self._event_style) if event_type else name
-                ),
+                event=mapping.map_event(webhook, event_type.event_name(self._event_style)),
                 received_ms=entry.received_ms, raw=body,
             )
             if not identities:

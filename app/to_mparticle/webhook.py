@@ -130,10 +130,12 @@ def receive_webhook(relay: Services, incoming: Request) -> Answer:
     event_id = webhook["event_id"]
     name = f"{webhook['object_type']}_{webhook['metric']}"
     log = {"event_id": event_id, "event": name}
-    if catalog.lookup(webhook["object_type"], webhook["metric"]) is None:
-        return _ignored(relay, webhook, name, log, "unknown event type")
+    # One cached read decides, known type or not: a type the catalog does not list is
+    # forwarded only when an admin turned it on (its override is in the same cache).
     if not relay.toggles.is_enabled(name):
-        return _ignored(relay, webhook, name, log, "event type turned off")
+        known = catalog.lookup(webhook["object_type"], webhook["metric"]) is not None
+        reason = "event type turned off" if known else "unknown event type"
+        return _ignored(relay, webhook, name, log, reason)
 
     outcome = relay.event_store.accept(
         IncomingEvent(

@@ -334,15 +334,15 @@ def test_a_flat_mapping_of_names_is_accepted_too(client, app):
     assert services(app).toggles.get("email_drafted").enabled is True
 
 
-def test_an_unknown_type_is_refused_400_and_no_other_change_is_made(client, app):
+def test_a_malformed_type_is_refused_400_and_no_other_change_is_made(client, app):
     response = client.put(
         "/admin/events",
-        json={"events": {"email_opened": False, "email_teleported": True}},
+        json={"events": {"email_opened": False, "Email Teleported": True}},
         headers=AUTH,
     )
 
     assert response.status_code == 400
-    assert "email_teleported" in response.get_json()["details"]
+    assert "Email Teleported" in response.get_json()["details"]
     assert services(app).toggles.get("email_opened").override is None
 
 
@@ -601,3 +601,97 @@ def test_a_replay_that_names_nothing_is_refused_400(client, body):
 
     assert response.status_code == 400
     assert set(response.get_json()) == {"error", "details"}
+
+
+# -- event types an admin added (not in the catalog) -------------------------------------
+
+
+@pytest.fixture
+def relaying_app(make_settings, redis, mparticle) -> Any:
+    """The app on the real Redis, its worker sending to the mParticle stand-in."""
+    app = create_app(make_settings(MPARTICLE_BASE_URL=mparticle.base_url), redis_client=redis)
+    yield app
+    client = services(app).extras.get("mparticle")
+    if client is not None:
+        client.session.close()
+
+
+def test_an_admin_can_turn_on_email_deferred_and_the_next_one_is_queued_and_relayed(
+    relaying_app, mparticle
+):
+    client = relaying_app.test_client()
+    before = send(client, webhook("email", "deferred", delivery_id="d-before"))
+
+    turned_on = client.put("/admin/events", json={"events": {"email_deferred": True},
+                                                  "by": "alice"}, headers=AUTH)
+    payload = webhook("email", "deferred", customer_id="p-deferred", delivery_id="d-after")
+    answer = send(client, payload)
+    services(relaying_app).build_worker().run(once=True)
+
+    assert (before["status"], before["reason"]) == ("ignored", "unknown event type")
+    assert turned_on.status_code == 200
+    assert answer == {"status": "queued", "event_id": payload["event_id"],
+                      "event": "email_deferred"}
+    ((batch, event),) = mparticle.accepted_events()
+    assert batch["user_identities"]["customer_id"] == "p-deferred"
+    assert event["data"]["event_name"] == "email_deferred"
+    assert event["data"]["custom_attributes"]["source_message_id"] == payload["event_id"]
+    story = client.get(f"/admin/dedup/{payload['event_id']}", headers=AUTH).get_json()
+    assert story["status"] == "relayed"
+
+
+def test_the_list_shows_a_type_an_admin_added_with_known_false(client):
+    response = client.put("/admin/events", json={"email_deferred": True}, headers=AUTH)
+    listed = client.get("/admin/events", headers=AUTH)
+
+    assert response.status_code == 200
+    for answer in (response, listed):
+        rows = {row["name"]: row for row in answer.get_json()["events"]}
+        assert set(rows) == {*CATALOG, "email_deferred"}
+        assert {name for name, row in rows.items() if not row["known"]} == {"email_deferred"}
+        added = rows["email_deferred"]
+        assert (added["enabled"], added["default"], added["override"], added["source"],
+                added["changed_by"]) == (True, False, True, "override", "admin-api")
+
+
+def test_a_type_the_catalog_does_not_list_is_listed_only_once_an_admin_changed_it(client):
+    before = client.get("/admin/events", headers=AUTH).get_json()["events"]
+    reset = client.put("/admin/events", json={"events": {"email_deferred": None}, "by": "bob"},
+                       headers=AUTH).get_json()["events"]
+
+    assert "email_deferred" not in {row["name"] for row in before}
+    row = {r["name"]: r for r in reset}["email_deferred"]  # reset: off, from its default
+    assert (row["enabled"], row["default"], row["override"], row["source"], row["known"],
+            row["changed_by"]) == (False, False, None, "default", False, "bob")
+
+
+def test_an_added_type_turned_off_again_is_ignored_and_null_leaves_it_off(client):
+    client.put("/admin/events", json={"email_deferred": True}, headers=AUTH)
+    assert send(client, webhook("email", "deferred"))["status"] == "queued"
+
+    off = client.put("/admin/events", json={"email_deferred": False}, headers=AUTH)
+    ignored = send(client, webhook("email", "deferred", delivery_id="d-off"))
+    back = client.put("/admin/events", json={"email_deferred": None}, headers=AUTH)
+    still_ignored = send(client, webhook("email", "deferred", delivery_id="d-reset"))
+
+    off_row = {r["name"]: r for r in off.get_json()["events"]}["email_deferred"]
+    back_row = {r["name"]: r for r in back.get_json()["events"]}["email_deferred"]
+    assert (off_row["enabled"], off_row["source"], off_row["known"]) == (False, "override", False)
+    assert (back_row["enabled"], back_row["source"], back_row["known"]) == (False, "default", False)
+    for answer in (ignored, still_ignored):
+        assert (answer["status"], answer["reason"]) == ("ignored", "unknown event type")
+
+
+@pytest.mark.parametrize(
+    "name", ["email", "Email_Deferred", "email__deferred", "email-deferred", "email_2fa",
+             "_email_deferred", "email_" + "d" * 60],
+)
+def test_a_malformed_event_type_name_is_refused_400_and_nothing_is_written(client, redis, name):
+    answer = client.put("/admin/events", json={"events": {name: True}}, headers=AUTH)
+
+    assert answer.status_code == 400
+    body = answer.get_json()
+    assert set(body) == {"error", "details"}
+    assert body["error"] == "malformed event type"
+    assert "not a well-formed event type" in body["details"][name][0]
+    assert redis.keys("*toggles*") == []

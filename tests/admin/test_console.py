@@ -324,12 +324,66 @@ def test_turning_an_event_type_off_in_the_console_changes_it_for_every_process(s
     assert services(app).toggles.get("email_opened").override is None
 
 
-def test_toggling_an_event_type_the_relay_does_not_know_is_not_found(signed_in):
-    response = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events/email_teleported",
-                      action="off")
+def test_toggling_a_malformed_event_type_is_refused_with_an_error_flash(signed_in, redis):
+    response = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events/Email-Teleported",
+                      action="on")
+    page = signed_in.get(response.location)
 
-    assert response.status_code == 404
-    assert "not a Customer.io event type" in text(response)
+    assert (response.status_code, response.location) == (303, f"{CONSOLE}/events")
+    flash_line = re.search(r'<p class="flash flash-error">(.*?)</p>', text(page), re.S)
+    assert flash_line and "“Email-Teleported” is not a well-formed event type" in flash_line[1]
+    assert redis.keys("*toggles*") == []
+
+
+def test_the_console_can_turn_on_email_deferred_and_the_next_one_is_queued(signed_in, app):
+    before = post_webhook(signed_in, webhook("email", "deferred", delivery_id="d-before"))
+
+    turned_on = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events",
+                       name=" email_deferred ", action="on")
+    queued = post_webhook(signed_in, webhook("email", "deferred", delivery_id="d-after"))
+    page = text(signed_in.get(f"{CONSOLE}/events"))
+
+    assert before.get_json()["reason"] == "unknown event type"
+    assert (turned_on.status_code, turned_on.location) == (
+        303, f"{CONSOLE}/events#email_deferred")
+    toggle = services(app).toggles.get("email_deferred")
+    assert (toggle.enabled, toggle.known, toggle.changed_by) == (True, False, "console")
+    assert queued.status_code == 202 and queued.get_json()["event"] == "email_deferred"
+    assert "email_deferred (not in the catalog) turned on" in page
+    section = re.search(r'<section aria-labelledby="channel-added-by-admins">(.*?)</section>',
+                        page, re.S)
+    assert section and "Not in the catalog" in section[1]
+    row = re.search(r'<tr id="email_deferred">(.*?)</tr>', section[1], re.S).group(1)
+    assert re.search(r"<td>off</td>\s*<td><strong>on</strong></td>", row)  # default, override
+    assert "Turn off" in row and "console" in row
+    assert '<a href="#channel-added-by-admins">Not in the catalog</a>' in page
+
+
+def test_an_added_type_turned_off_in_the_console_is_ignored_again(signed_in, app):
+    services(app).toggles.set("email_deferred", True, actor="alice")
+
+    turned_off = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events/email_deferred",
+                        action="off")
+    ignored = post_webhook(signed_in, webhook("email", "deferred")).get_json()
+
+    assert turned_off.status_code == 303
+    assert services(app).toggles.get("email_deferred").override is False
+    assert (ignored["status"], ignored["reason"]) == ("ignored", "unknown event type")
+
+
+@pytest.mark.parametrize("name", ["", "email", "EMAIL_DEFERRED", "email__deferred",
+                                  "email_deferred<script>", "email_" + "d" * 60])
+def test_a_malformed_name_typed_into_the_console_is_refused_with_an_error_flash(
+    signed_in, redis, name
+):
+    response = submit(signed_in, f"{CONSOLE}/events", f"{CONSOLE}/events", name=name,
+                      action="on")
+    page = signed_in.get(response.location)
+
+    assert (response.status_code, response.location) == (303, f"{CONSOLE}/events")
+    assert "is not a well-formed event type" in text(page)
+    assert "<script>" not in page.get_data(as_text=True)  # the name is escaped
+    assert redis.keys("*toggles*") == []
 
 
 def test_lookup_by_event_id_shows_where_the_event_is(signed_in):

@@ -12,7 +12,12 @@ import redis as redis_lib
 from app import create_app
 from app.services import services
 from app.store.keys import KeySpace
-from app.store.toggles import ToggleStore, UnknownEventTypeError
+from app.store.toggles import (
+    MAX_NAME_LENGTH,
+    MalformedEventTypeError,
+    ToggleStore,
+    is_well_formed,
+)
 from app.to_mparticle.catalog import CATALOG, default_toggles
 from tests.helpers.webhooks import encode, signed_headers, webhook
 
@@ -131,19 +136,126 @@ def test_the_settings_file_decides_the_default_shown_beside_an_override(redis):
     assert (row.default, row.override, row.enabled) == (False, True, True)
 
 
+MALFORMED = [
+    "", "email", "email_", "_email_opened", "email__opened", "Email_Opened", "EMAIL_SENT",
+    "email-opened", "email opened", "email_2fa", "2fa_sent", "émail_sent", "email_sent\n",
+    "e" * (MAX_NAME_LENGTH - 4) + "_sent",  # 65 characters
+]
+
+
 @pytest.mark.parametrize("change", ["set", "reset", "get"])
-def test_an_unknown_event_type_name_raises(make_toggles, redis, change):
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_event_type_name_raises_and_writes_nothing(make_toggles, redis, change,
+                                                               name):
     toggles = make_toggles()
     calls = {
-        "set": lambda: toggles.set("email_teleported", True, actor="alice"),
-        "reset": lambda: toggles.reset("email_teleported", actor="alice"),
-        "get": lambda: toggles.get("email_teleported"),
+        "set": lambda: toggles.set(name, True, actor="alice"),
+        "reset": lambda: toggles.reset(name, actor="alice"),
+        "get": lambda: toggles.get(name),
     }
 
-    with pytest.raises(UnknownEventTypeError):
+    with pytest.raises(MalformedEventTypeError, match="not a well-formed event type"):
         calls[change]()
 
     assert redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["email_deferred", "in_app_dismissed", "fax_sent", "email_2fa_sent", "x_y",
+     "email_link_opened_twice", "e" * (MAX_NAME_LENGTH - 5) + "_sent"],
+)
+def test_a_well_formed_name_is_object_type_and_metric_each_starting_with_a_letter(name):
+    assert len(name) <= MAX_NAME_LENGTH
+    assert is_well_formed(name)
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_name_is_not_well_formed(name):
+    assert not is_well_formed(name)
+
+
+def test_every_catalog_name_is_well_formed():
+    assert [name for name in CATALOG if not is_well_formed(name)] == []
+
+
+def test_a_type_the_catalog_does_not_list_is_off_by_default_and_shown_as_unknown(
+    make_toggles, redis
+):
+    toggles = make_toggles(FakeClock())
+
+    row = toggles.get("email_deferred")
+
+    assert toggles.is_enabled("email_deferred") is False
+    assert row.as_dict() == {
+        "name": "email_deferred", "enabled": False, "default": False, "override": None,
+        "source": "default", "changed_by": None, "changed_at": None, "known": False,
+    }
+    assert "email_deferred" not in {toggle.name for toggle in toggles.list()}
+    assert redis.dbsize() == 0  # looking writes nothing
+
+
+def test_a_type_the_catalog_does_not_list_can_be_turned_on_and_is_then_listed_unknown(
+    make_toggles,
+):
+    admin = make_toggles()
+    clock = FakeClock()
+    web = make_toggles(clock)
+    assert web.is_enabled("email_deferred") is False  # loaded and cached
+
+    turned_on = admin.set("email_deferred", True, actor="alice")
+    seen_at_once = web.is_enabled("email_deferred")
+    clock.advance(REFRESH)
+    seen_after_refresh = web.is_enabled("email_deferred")
+
+    assert (turned_on.enabled, turned_on.source, turned_on.known) == (True, "override", False)
+    assert seen_at_once is False  # the same cached read as a known type's override
+    assert seen_after_refresh is True
+    rows = admin.list()
+    assert [toggle.name for toggle in rows[:len(CATALOG)]] == list(CATALOG)
+    assert all(toggle.known for toggle in rows[:len(CATALOG)])
+    (added,) = rows[len(CATALOG):]
+    assert added.as_dict() | {"changed_at": None} == {
+        "name": "email_deferred", "enabled": True, "default": False, "override": True,
+        "source": "override", "changed_by": "alice", "changed_at": None, "known": False,
+    }
+
+
+def test_an_added_type_turned_off_again_or_reset_is_off_and_still_listed_unknown(make_toggles):
+    toggles = make_toggles(FakeClock())
+    toggles.set("email_deferred", True, actor="alice")
+
+    off = toggles.set("email_deferred", False, actor="bob")
+    listed_while_off = {toggle.name: toggle for toggle in toggles.list()}["email_deferred"]
+    enabled_while_off = toggles.is_enabled("email_deferred")
+    reset = toggles.reset("email_deferred", actor="carol")
+    listed_after_reset = {toggle.name: toggle for toggle in toggles.list()}["email_deferred"]
+
+    assert (off.enabled, off.override, off.known) == (False, False, False)
+    assert (listed_while_off.enabled, listed_while_off.changed_by) == (False, "bob")
+    assert enabled_while_off is False
+    for row in (reset, listed_after_reset):  # off by default, and who reset it
+        assert (row.enabled, row.source, row.override, row.changed_by, row.known) == (
+            False, "default", None, "carol", False
+        )
+    assert toggles.is_enabled("email_deferred") is False
+
+
+def test_a_malformed_name_written_into_the_hash_by_hand_is_no_override(make_toggles, redis):
+    redis.hset("cior:toggles", mapping={"EMAIL_DEFERRED": "1", "email__x": "1"})
+    redis.hset("cior:toggles:changes", "EMAIL_DEFERRED", '{"by": "hand", "at": 1}')
+    toggles = make_toggles(FakeClock())
+
+    assert toggles.is_enabled("EMAIL_DEFERRED") is False
+    assert toggles.is_enabled("email__x") is False
+    assert {toggle.name for toggle in toggles.list()} == set(CATALOG)
+
+
+def test_a_known_name_is_known_and_an_added_one_is_not(make_toggles):
+    toggles = make_toggles()
+
+    assert toggles.is_known("email_opened") is True
+    assert toggles.is_known("email_deferred") is False
 
 
 def test_a_second_app_on_the_same_redis_ignores_a_type_another_app_turned_off(

@@ -91,11 +91,92 @@ def test_events_reset_drops_the_override(runner, app):
 
 
 @pytest.mark.parametrize("command", ["enable", "disable", "reset"])
-def test_an_unknown_event_type_is_a_usage_error(runner, redis, command):
-    result = runner.invoke(args=["events", command, "email_teleported"])
+def test_a_malformed_event_type_is_a_usage_error(runner, redis, command):
+    result = runner.invoke(args=["events", command, "Email-Teleported"])
 
     assert result.exit_code == 2
-    assert "email_teleported" in result.output
+    assert "Email-Teleported" in result.output
+    assert "not a well-formed event type" in result.output
+    assert redis.dbsize() == 0
+
+
+@pytest.fixture
+def relaying_app(make_settings, redis, mparticle) -> Any:
+    """The app on the real Redis, its worker sending to the mParticle stand-in."""
+    app = create_app(make_settings(MPARTICLE_BASE_URL=mparticle.base_url), redis_client=redis)
+    yield app
+    client = services(app).extras.get("mparticle")
+    if client is not None:
+        client.session.close()
+
+
+def test_an_admin_can_turn_on_email_deferred_and_the_next_one_is_queued_and_relayed(
+    relaying_app, mparticle
+):
+    before = send(relaying_app, webhook("email", "deferred", delivery_id="d-before"))
+
+    result = relaying_app.test_cli_runner().invoke(args=["events", "enable", "email_deferred"])
+    payload = webhook("email", "deferred", customer_id="p-deferred", delivery_id="d-after")
+    answer = send(relaying_app, payload)
+    services(relaying_app).build_worker().run(once=True)
+
+    assert (before["status"], before["reason"]) == ("ignored", "unknown event type")
+    assert result.exit_code == 0
+    assert "email_deferred: enabled (default off; not in the catalog)" in result.output
+    assert answer == {"status": "queued", "event_id": payload["event_id"],
+                      "event": "email_deferred"}
+    ((batch, event),) = mparticle.accepted_events()
+    assert batch["user_identities"]["customer_id"] == "p-deferred"
+    assert event["data"]["event_name"] == "email_deferred"
+    assert services(relaying_app).find_event(payload["event_id"])["status"] == "relayed"
+
+
+def test_events_list_shows_a_type_an_admin_added_as_not_known(runner):
+    runner.invoke(args=["events", "enable", "email_deferred"])
+
+    table = runner.invoke(args=["events", "list"])
+    as_json = runner.invoke(args=["events", "list", "--json"])
+
+    assert table.exit_code == as_json.exit_code == 0
+    lines = {line.split()[0]: line.split() for line in table.output.splitlines()[1:]}
+    assert table.output.splitlines()[0].split()[-1] == "KNOWN"
+    assert lines["email_deferred"][1:5] == ["yes", "off", "override", "no"]
+    assert lines["email_opened"][1:5] == ["yes", "on", "default", "yes"]
+    rows = {row["name"]: row for row in json.loads(as_json.output)}
+    assert (rows["email_deferred"]["known"], rows["email_deferred"]["enabled"]) == (False, True)
+    assert rows["email_opened"]["known"] is True
+
+
+def test_an_unknown_type_stays_ignored_until_enabled_and_is_ignored_again_once_disabled(
+    runner, app
+):
+    ignored_at_first = send(app, webhook("email", "deferred", delivery_id="d-1"))
+    runner.invoke(args=["events", "enable", "email_deferred"])
+    queued = send(app, webhook("email", "deferred", delivery_id="d-2"))
+
+    disabled = runner.invoke(args=["events", "disable", "email_deferred"])
+    ignored_when_off = send(app, webhook("email", "deferred", delivery_id="d-3"))
+    reset = runner.invoke(args=["events", "reset", "email_deferred"])
+    ignored_after_reset = send(app, webhook("email", "deferred", delivery_id="d-4"))
+
+    assert queued["status"] == "queued"
+    assert disabled.exit_code == 0
+    assert "email_deferred: disabled (default off; not in the catalog)" in disabled.output
+    assert reset.exit_code == 0
+    assert "email_deferred: back to the default (off; not in the catalog)" in reset.output
+    for answer in (ignored_at_first, ignored_when_off, ignored_after_reset):
+        assert (answer["status"], answer["reason"]) == ("ignored", "unknown event type")
+
+
+@pytest.mark.parametrize(
+    "name", ["email", "EMAIL_DEFERRED", "email__deferred", "email_deferred_", "email_2fa",
+             "émail_deferred", "email_" + "d" * 60],
+)
+def test_a_malformed_name_is_refused_with_exit_2_by_every_events_command(runner, redis, name):
+    for command in ("enable", "disable", "reset"):
+        result = runner.invoke(args=["events", command, name])
+        assert result.exit_code == 2, (command, result.output)
+        assert "not a well-formed event type" in result.output
     assert redis.dbsize() == 0
 
 

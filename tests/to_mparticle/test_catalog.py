@@ -124,3 +124,40 @@ def test_settings_toml_lists_every_catalog_type_with_its_default():
         if enabled is not catalog.CATALOG[name].default_enabled
     }
     assert wrong == {}
+
+
+def test_email_deferred_is_not_in_the_openapi_document_nor_the_catalog(openapi):
+    # The example the docs give of a type an admin can add: published payloads carry it,
+    # the document does not list it. If Customer.io adds it, pick another example.
+    described = {pair for pairs in spec_event_types(openapi).values() for pair in pairs}
+    assert ("email", "deferred") not in described
+    assert catalog.lookup("email", "deferred") is None
+    assert "email_deferred" not in catalog.default_toggles()
+
+
+def test_event_type_of_a_known_pair_is_the_catalogs():
+    assert catalog.event_type_of("email", "opened") is catalog.CATALOG["email_opened"]
+
+
+@pytest.mark.parametrize(
+    ("object_type", "metric", "feed_name"),
+    [
+        ("email", "deferred", "Email Deferred"),
+        ("whatsapp", "read", "WhatsApp Read"),
+        ("in_app", "dismissed", "In-App Dismissed"),
+        ("fax", "sent", "Fax Sent"),
+        ("fax", "clicked", "Fax Link Clicked"),
+        ("email", "link_opened_twice", "Email Link Opened Twice"),
+        ("email", "2fa_sent", "Email 2fa Sent"),
+    ],
+)
+def test_a_type_the_catalog_does_not_list_is_named_after_itself_in_either_style(
+    object_type, metric, feed_name
+):
+    event_type = catalog.event_type_of(object_type, metric)
+
+    assert event_type.name == f"{object_type}_{metric}"
+    assert event_type.name not in catalog.CATALOG
+    assert event_type.default_enabled is False
+    assert event_type.event_name("customerio") == event_type.name
+    assert event_type.event_name("mparticle_feed") == feed_name

@@ -510,3 +510,103 @@ def test_a_stale_timestamp_is_counted_and_logged_apart_from_a_wrong_signature(
     assert stale_line["reason"] == "stale_timestamp"
     assert 3599 <= stale_line["timestamp_age_seconds"] <= 3700
     assert forged_line["reason"] == "signature" and "timestamp_age_seconds" not in forged_line
+
+
+# -- event types an admin added (not in the catalog) -------------------------------------
+
+
+def test_a_type_the_catalog_does_not_list_is_ignored_as_unknown_by_default(client, app, redis):
+    response = post(client, webhook("email", "deferred"))
+
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ignored"
+    assert response.get_json()["reason"] == "unknown event type"
+    only_a_story_was_written(redis, app, "unknown event type")
+
+
+def test_a_type_the_catalog_does_not_list_is_queued_once_an_admin_turned_it_on(client, app):
+    services(app).toggles.set("email_deferred", True, actor="alice")
+    payload = webhook("email", "deferred")
+
+    response = post(client, payload)
+
+    assert response.status_code == 202
+    assert response.get_json() == {
+        "status": "queued", "event_id": payload["event_id"], "event": "email_deferred"
+    }
+    assert [json.loads(entry["b"]) for entry in queue_entries(app)] == [payload]
+
+
+def test_an_added_type_turned_off_again_is_ignored_as_unknown(client, app):
+    toggles = services(app).toggles
+    toggles.set("email_deferred", True, actor="alice")
+    assert post(client, webhook("email", "deferred")).status_code == 202
+
+    toggles.set("email_deferred", False, actor="alice")
+    turned_off = post(client, webhook("email", "deferred", delivery_id="d-off")).get_json()
+    toggles.reset("email_deferred", actor="alice")
+    reset = post(client, webhook("email", "deferred", delivery_id="d-reset")).get_json()
+
+    assert (turned_off["status"], turned_off["reason"]) == ("ignored", "unknown event type")
+    assert (reset["status"], reset["reason"]) == ("ignored", "unknown event type")
+    assert len(queue_entries(app)) == 1
+
+
+def test_turning_on_one_unknown_type_leaves_the_others_ignored(client, app):
+    services(app).toggles.set("email_deferred", True, actor="alice")
+
+    answer = post(client, webhook("email", "teleported")).get_json()
+
+    assert (answer["status"], answer["reason"]) == ("ignored", "unknown event type")
+
+
+def test_a_webhook_of_an_added_type_costs_one_redis_round_trip(make_settings, proxy):
+    """The override of a type the catalog does not list comes through the cached read."""
+    client = redis_lib.Redis.from_url(proxy.url, **REDIS_DECODING)
+    app = create_app(make_settings({"redis": {"toggle_refresh_seconds": 3600}}),
+                     redis_client=client)
+    services(app).toggles.set("email_deferred", True, actor="alice")
+    test_client = app.test_client()
+    post(test_client, webhook("email", "deferred"))  # loads the toggles and the script
+
+    before = proxy.sends
+    response = post(test_client, webhook("email", "deferred", delivery_id="another-delivery"))
+
+    assert response.get_json()["status"] == "queued"
+    assert proxy.sends - before == 1
+
+
+@pytest.mark.parametrize(
+    ("style", "event_name", "known_name"),
+    [("customerio", "email_deferred", "email_bounced"),
+     ("mparticle_feed", "Email Deferred", "Email Bounced")],
+)
+def test_an_added_type_is_relayed_named_after_itself_and_built_as_a_known_one(
+    make_settings, redis, mparticle, style, event_name, known_name
+):
+    app = create_app(make_settings({"mparticle": {"event_names": style}},
+                                   MPARTICLE_BASE_URL=mparticle.base_url), redis_client=redis)
+    services(app).toggles.set("email_deferred", True, actor="alice")
+    same = {"customer_id": "p-deferred", "timestamp": 1_700_000_000,
+            "failure_message": "mailbox busy, try later"}
+    known, added = webhook("email", "bounced", **same), webhook("email", "deferred", **same)
+    for payload in (known, added):
+        assert post(app.test_client(), payload).status_code == 202
+
+    services(app).build_worker().run(once=True)
+    services(app).extras["mparticle"].session.close()
+
+    (batch,) = mparticle.accepted_batches  # one person: one batch, both events in it
+    assert batch["user_identities"]["customer_id"] == "p-deferred"
+    bounced, deferred = batch["events"]
+    assert (bounced["data"]["event_name"], deferred["data"]["event_name"]) == (
+        known_name, event_name
+    )
+
+    def apart_from_name_and_id(event: dict[str, Any]) -> dict[str, Any]:
+        data = {**event["data"], "event_name": None, "source_message_id": None}
+        data["custom_attributes"] = {**data["custom_attributes"], "source_message_id": None}
+        return {**event, "data": data}
+
+    assert apart_from_name_and_id(deferred) == apart_from_name_and_id(bounced)
+    assert services(app).find_event(added["event_id"])["status"] == "relayed"
