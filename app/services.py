@@ -37,6 +37,7 @@ from app.to_customerio.audience_delivery import route as audience_route
 from app.to_customerio.client import CustomerIOClient
 from app.to_customerio.dry_run import DryRunClient as CustomerIODryRunClient
 from app.to_customerio.mapping import MappingOptions
+from app.to_customerio.ulid import story_id, story_id_of_ulid
 from app.to_mparticle import catalog, delivery
 from app.to_mparticle.client import MParticleClient, credential_id
 from app.to_mparticle.dry_run import DryRunClient
@@ -283,14 +284,19 @@ class Services:
 
         A Customer.io event_id, or an mParticle event's idempotency key.
         """
-        for keys, delivery_of, direction, destination in (
-                (self.keys, delivery.delivery_of, delivery.NAME, "mParticle"),
-                (self.customerio_keys, _no_delivery, customerio_delivery.NAME, "Customer.io")):
-            story = stories.find_event(self.redis, keys, event_id, delivery_of)
-            if story is not None:
-                if story["where"] == "relayed":
-                    story["where"] = f"relayed to {destination}"
-                return {"direction": direction, **story}
+        # mParticle's events go by their story id: from their key, inside their ULID, or
+        # as given (a dead letter names it).
+        customerio_ids = [story_id_of_ulid(event_id) or story_id(event_id), event_id]
+        for keys, ids, delivery_of, direction, destination in (
+                (self.keys, [event_id], delivery.delivery_of, delivery.NAME, "mParticle"),
+                (self.customerio_keys, customerio_ids, _no_delivery, customerio_delivery.NAME,
+                 "Customer.io")):
+            for found_id in ids:
+                story = stories.find_event(self.redis, keys, found_id, delivery_of)
+                if story is not None:
+                    if story["where"] == "relayed":
+                        story["where"] = f"relayed to {destination}"
+                    return {"direction": direction, **story, "event_id": event_id}
         return None
 
     def replay_sources(self) -> list[tuple[KeySpace, Any]]:

@@ -22,7 +22,7 @@ from marshmallow import ValidationError
 
 from app.relay.direction import Answer, StateKeys, Unusable
 from app.store import queue_entry
-from app.to_customerio import mapping
+from app.to_customerio import mapping, ulid
 from app.to_customerio.schema import load_batch
 
 NAME = "to_customerio"
@@ -132,7 +132,8 @@ class ToCustomerIO:
             items.append(TrackItem(
                 entry.queue, entry.shard, entry.entry_id, entry.received_ms, encode(item),
                 batch_text(header, [event] if event is not None else []),
-                event_id=mapping.idempotency_key(batch, event) if event is not None else "",
+                event_id=(ulid.story_id(mapping.idempotency_key(batch, event))
+                          if event is not None else ""),
                 event_type=str(event.get("event_type", "")) if event is not None
                 else "identify",
                 completes_entry=False,

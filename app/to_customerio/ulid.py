@@ -45,3 +45,21 @@ def ulid_timestamp_ms(value: str) -> int:
     if number >> 128:
         raise ValueError("a ULID holds 128 bits")
     return number >> 80
+
+
+def story_id(key: str) -> str:
+    """The name an event's dedup mark and story go by: its ULID's 16 random characters.
+
+    They depend on the idempotency key alone, so the story is found from the key
+    mParticle sent (computed again) or from the ULID Customer.io shows (its last 16
+    characters): one field in Redis serves both lookups.
+    """
+    return ulid(0, key)[ULID_LENGTH - 16:]
+
+
+def story_id_of_ulid(value: str) -> str | None:
+    """The story id inside a ULID Customer.io shows, or None when it is not a ULID."""
+    text = value.strip().upper()
+    if len(text) != ULID_LENGTH or any(char not in _DECODE for char in text):
+        return None
+    return text[ULID_LENGTH - 16:]

@@ -27,7 +27,7 @@ from app.extension import services
 from app.store.batches import BatchEvent
 from app.store.events import ClockSkewError
 from app.store.redis_health import FULL_ERRORS, UNAVAILABLE_ERRORS
-from app.to_customerio import mapping
+from app.to_customerio import mapping, ulid
 from app.to_customerio.schema import event_problem, load_batch
 
 if TYPE_CHECKING:
@@ -188,7 +188,9 @@ def _sort_events(
         if verdict != "forward":
             counts["ignored"] += 1
             continue
-        key = mapping.idempotency_key(batch, event)
+        # The mark goes by the story id (from the key), so support finds it by either the
+        # key or the ULID sent to Customer.io.
+        key = ulid.story_id(mapping.idempotency_key(batch, event))
         if key in seen:  # the same event twice in one POST: taken once
             counts["repeated"] += 1
             continue

@@ -12,6 +12,7 @@ from flask import Flask
 
 from app import create_app
 from app.services import services
+from app.to_customerio.ulid import story_id
 from tests.helpers.customerio_standin import CustomerIOStandIn
 from tests.to_customerio.conftest import custom_event, mparticle_batch
 
@@ -62,7 +63,8 @@ def quarantine_in_to_customerio(client: Any, body: bytes = b"{not json") -> str:
 def refused_by_customerio(app: Flask, customerio: CustomerIOStandIn) -> tuple[str, str]:
     """A batch whose item Customer.io refuses (207): the worker dead-letters it.
 
-    Returns the letter's id and the refused event's idempotency key.
+    Returns the letter's id and the refused event's story id (from its idempotency key:
+    what the letter names it by).
     """
     customerio.reject_items_where(lambda item: item.get("name") == "Refused")
     event = custom_event("Refused")
@@ -72,7 +74,7 @@ def refused_by_customerio(app: Flask, customerio: CustomerIOStandIn) -> tuple[st
     relay = services(app)
     (letter_id, fields), = relay.redis.xrevrange(relay.customerio_keys.dead_letters, count=1)
     assert fields["reason"] == "Customer.io refused the item", fields
-    return letter_id, event["data"]["source_message_id"]
+    return letter_id, story_id(event["data"]["source_message_id"])
 
 
 def customerio_queue_length(app: Flask) -> int:

@@ -147,3 +147,18 @@ def test_an_event_whose_story_is_told_says_relayed(app, customerio):
     assert story["status"] == "relayed" and story["event"] == "custom_event"
     assert story["direction"] == "to_customerio"
     assert story["where"] == "relayed to Customer.io"
+
+
+def test_an_events_story_is_found_by_the_ulid_customerio_shows(app, customerio):
+    event = custom_event()
+    send(app, mparticle_batch(event))
+    relay_once(app)
+    (sent,) = customerio.events()
+
+    by_ulid = services(app).find_event(sent["id"])
+    by_key = services(app).find_event(event["data"]["source_message_id"])
+
+    assert by_ulid is not None and by_key is not None
+    assert by_ulid["status"] == by_key["status"] == "relayed"
+    assert by_ulid["queue_entry"] == by_key["queue_entry"]
+    assert services(app).find_event("01ARZ3NDEKTSV4RRFFQ69G5FAV") is None
