@@ -96,6 +96,7 @@ def _register_request_ids(app: Flask) -> None:
 def _register_blueprints(app: Flask) -> None:
     from app.admin.api import blueprint as admin_api
     from app.admin.console import init_console
+    from app.api_doc import blueprint as api_doc
     from app.health import blueprint as health
     from app.to_customerio.webhook import blueprint as mparticle_webhook
     from app.to_mparticle.webhook import blueprint as customerio_webhook
@@ -108,6 +109,7 @@ def _register_blueprints(app: Flask) -> None:
 
         app.register_blueprint(mparticle_audiences)
     app.register_blueprint(health)
+    app.register_blueprint(api_doc)  # GET /openapi.yaml
     app.register_blueprint(admin_api)
     init_console(app)  # the web console, its session and CSRF checks
 
