@@ -16,6 +16,7 @@ for that long is sent a ``SegmentMembership`` that forgets audiences they are st
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,9 +55,6 @@ class AudienceStore:
         self._state_ttl = membership_ttl_seconds
         self._delivery_ttl = delivery_ttl_seconds
 
-    def delivery_seen(self, request_id: str) -> bool:
-        """Whether a delivery with this id was taken already (within the dedup window)."""
-        return bool(self._redis.exists(self._keys.audience_delivery(request_id)))
 
     def apply(self, request_id: str, people: Sequence[PersonChanges]) -> Applied:
         """Apply a delivery's changes and queue each changed person; remember the delivery."""
@@ -76,7 +74,7 @@ class AudienceStore:
                     args += [audience_id, changed_at, "1" if member else "0", name]
             scripts.queue_on(pipe, "apply_audience_changes", keys, args)
             order.append(indexes)
-        pipe.set(self._keys.audience_delivery(request_id), "1", nx=True,
+        pipe.set(self._keys.audience_delivery(_delivery_name(request_id)), "1", nx=True,
                  ex=self._delivery_ttl)
         *replies, first_time = pipe.execute()
         entries: list[str | None] = [None] * len(people)
@@ -105,6 +103,14 @@ class AudienceStore:
             told[int(audience)] = {"changed_at_ms": int(at), "member": member == "1",
                                    "name": name}
         return told
+
+
+def _delivery_name(request_id: str) -> str:
+    """A delivery's id as its key holds it: as sent when plain, else by its hash (an id
+    with text Redis cannot take, e.g. a lone surrogate, is still the same id)."""
+    if request_id.isascii() and len(request_id) <= 200:
+        return request_id
+    return "sha256:" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _members_of(state: dict[str, str]) -> dict[int, str]:

@@ -97,6 +97,8 @@ def claim_for_replay(redis: Any, keys: KeySpace, entry_id: str) -> bool:
 
 def was_replayed(redis: Any, keys: KeySpace, entry_id: str) -> bool:
     """Whether a replay took this letter within the last REPLAY_CLAIM_SECONDS."""
+    if not _ENTRY_ID.fullmatch(entry_id):  # never a letter's id (nor a key Redis can hold)
+        return False
     return bool(redis.exists(keys.replayed_letter(entry_id)))
 
 

@@ -205,7 +205,13 @@ def _batch_key(batch: dict[str, Any], body: bytes) -> str:
     for name in ("message_id", "batch_id"):
         value = batch.get(name)
         if value not in (None, ""):
-            return f"batch:{name}:{value}"
+            text = str(value)
+            if text.isascii() and len(text) <= 200:
+                return f"batch:{name}:{text}"
+            # Anything else (very long, or text Redis cannot take, e.g. a lone surrogate)
+            # by its hash: the same id still makes the same key.
+            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+            return f"batch:{name}:sha256:{digest}"
     return "batch:sha256:" + hashlib.sha256(body).hexdigest()[:32]
 
 

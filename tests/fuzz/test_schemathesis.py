@@ -209,9 +209,6 @@ def _mparticle_batch(extra: str = "") -> bytes:
             f"{extra}}}").encode()
 
 
-@pytest.mark.xfail(reason="app/to_customerio/webhook.py _batch_key: a message_id (or batch_id) "
-                          "with a lone surrogate becomes a Redis key (app/store/keys.py "
-                          "_bucket encodes it): UnicodeEncodeError, 500", strict=False)
 @pytest.mark.parametrize("field", ["message_id", "batch_id"])
 def test_an_mparticle_batch_id_with_a_lone_surrogate_is_no_500(fuzz_app: Flask, field: str) -> None:
     response = fuzz_app.test_client().post(
@@ -220,10 +217,6 @@ def test_an_mparticle_batch_id_with_a_lone_surrogate_is_no_500(fuzz_app: Flask, 
     assert response.status_code < 500, response.get_json()
 
 
-@pytest.mark.xfail(reason="app/to_customerio/audience_webhook.py: a body requestId with a lone "
-                          "surrogate is written to Redis as the delivery's mark "
-                          "(app/store/audiences.py apply): UnicodeEncodeError, 500, and the "
-                          "answer's requestId is empty", strict=False)
 def test_a_firehose_request_id_with_a_lone_surrogate_is_no_500(fuzz_app: Flask) -> None:
     body = f'{{"requestId": "{SURROGATE}", "timestamp": 1700000000000, "records": []}}'
     response = fuzz_app.test_client().post(
@@ -233,10 +226,6 @@ def test_a_firehose_request_id_with_a_lone_surrogate_is_no_500(fuzz_app: Flask) 
     assert response.status_code < 500, response.get_json()
 
 
-@pytest.mark.xfail(reason="app/admin/api.py ReplaySchema takes any string id; "
-                          "app/store/dead_letters.py was_replayed makes a Redis key of it: "
-                          "UnicodeEncodeError, 500 (a 200 not_found, or a 400, is due)",
-                   strict=False)
 def test_replaying_a_dead_letter_id_with_a_lone_surrogate_is_no_500(fuzz_app: Flask) -> None:
     response = fuzz_app.test_client().post(
         "/admin/dead-letters/replay", data=f'{{"ids": ["{SURROGATE}"]}}'.encode(),
