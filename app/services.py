@@ -307,8 +307,10 @@ class Services:
                 (self.audience_keys, lambda body: audience_route(options, body))]
 
     def first_flags(self, delivery_id: str) -> dict[str, Any]:
-        """The first-occurrence flags set for a Customer.io delivery."""
-        return stories.first_flags(self.redis, self.keys, delivery_id, list(catalog.CATALOG))
+        """The first-occurrence flags set for a Customer.io delivery (every catalog type,
+        and the types an admin added)."""
+        event_types = [toggle.name for toggle in self.toggles.list()]
+        return stories.first_flags(self.redis, self.keys, delivery_id, event_types)
 
     def direction_keys(self) -> dict[str, KeySpace]:
         """Every direction's key space by its name, on or off (letters outlive a direction)."""

@@ -610,3 +610,13 @@ def test_an_added_type_is_relayed_named_after_itself_and_built_as_a_known_one(
 
     assert apart_from_name_and_id(deferred) == apart_from_name_and_id(bounced)
     assert services(app).find_event(added["event_id"])["status"] == "relayed"
+
+
+def test_an_added_types_first_occurrence_flag_is_shown_for_its_delivery(client, app):
+    services(app).toggles.set("email_deferred", True, actor="alice")
+    payload = webhook("email", "deferred", delivery_id="delivery-deferred")
+    post(client, payload)
+
+    flags = services(app).first_flags("delivery-deferred")
+
+    assert flags["flags"] == {"email_deferred": payload["event_id"]}
