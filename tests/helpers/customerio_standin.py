@@ -598,6 +598,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real API and requests' pool use it
+    # An answer's headers and body go in two writes; with Nagle on, the body waits for
+    # the client's delayed ACK on loopback (about 45 ms an answer).
+    disable_nagle_algorithm = True
     timeout = 60  # seconds an idle connection may hold a handler thread
     server: _Server
 
