@@ -41,7 +41,7 @@ os.environ["REDIS_URL"] = REDIS_URL
 import redis  # noqa: E402
 from flask import request as flask_request  # noqa: E402
 
-from app import create_app  # noqa: E402
+from app import create_app, json_body  # noqa: E402
 from app.config import load_settings  # noqa: E402
 from app.services import services  # noqa: E402
 from app.store import queue_entry  # noqa: E402
@@ -116,8 +116,8 @@ def time_parts(relay: Any, requests: list[tuple[bytes, str, str]]) -> None:
         "signature (HMAC-SHA256 over the body)": lambda n: verify_signature(
             bodies[n], requests[n][1], requests[n][2], signing_keys,
             tolerance_seconds=300, now=time.time()),
-        "body read (webhook.parse_json: orjson, as json reads it)":
-            lambda n: webhook.parse_json(bodies[n]),
+        "body read (json_body.parse_json: orjson, as json reads it)":
+            lambda n: json_body.parse_json(bodies[n]),
         "body read by json.loads, for comparison": lambda n: json.loads(bodies[n]),
         "envelope check (load_webhook, fast path)": lambda n: load_webhook(webhooks[n]),
         "event type: catalog lookup + toggle": lambda n: (
@@ -132,7 +132,7 @@ def time_parts(relay: Any, requests: list[tuple[bytes, str, str]]) -> None:
             keys.first_buckets(keys.shard_for(str(n)), "delivery", time.time())),
         "metrics (received + outcome counters)": lambda n: (
             metrics.received.inc(), metrics.outcome["queued"].inc()),
-        "answer (webhook.encode_answer: orjson)": lambda n: webhook.encode_answer(answer),
+        "answer (json_body.encode_answer: orjson)": lambda n: json_body.encode_answer(answer),
         "log line (one JSON record with the route's fields, to /dev/null)":
             lambda n: route_logger.info("webhook %s", "queued", extra=dict(fields)),
         "one no-op EVALSHA through redis-py (the floor's round trip)":
@@ -151,12 +151,15 @@ def main() -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as settings_file:
         settings_file.write('[logging]\nlevel = "INFO"\nformat = "json"\n')
-    # The relay's log lines go to stderr, as in production, but not to this terminal.
-    sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     relay = create_app(load_settings({
         "REDIS_URL": REDIS_URL, "CIO_WEBHOOK_SIGNING_KEYS": SIGNING_KEY,
         "RELAY_SETTINGS": settings_file.name,
     }))
+    # The relay's log lines are written, as in production, but not to this terminal.
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+    for handler in logging.getLogger("app").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(devnull)
     # Flask's public add_url_rule, before the first request: a view that only reads the
     # body, on the relay's own app (its request-id hooks, sessions, CSRF extension).
     relay.add_url_rule(BARE_ON_RELAY_PATH, "bench_bare_on_relay", read_body_only,
