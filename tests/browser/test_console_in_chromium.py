@@ -170,7 +170,8 @@ def test_an_event_from_the_webhook_is_looked_up_and_counted_in_the_queue(page, r
     sign_in(page)
 
     page.get_by_role("link", name="Lookup").click()
-    page.get_by_label("Event id or delivery id").fill(payload["event_id"])
+    page.get_by_label("Event id, delivery id, or a person's customer id or email").fill(
+        payload["event_id"])
     page.get_by_role("button", name="Look up").click()
 
     story = page.locator("section.card")
