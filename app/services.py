@@ -364,11 +364,13 @@ class Services:
         auth = {"to_mparticle": self.keys.mparticle_auth,
                 "to_customerio": self.keys.customerio_auth,
                 "to_customerio_audiences": self.keys.customerio_auth}
-        directions = {}
+        directions: dict[str, dict[str, Any]] = {}
         for name in self.directions_on():
             figures = self.direction_stats(name)
             figures["credentials_refused"] = int(bool(self.redis.get(auth[name])))
-            directions[name] = figures
+            # Audiences are part of mParticle → Customer.io: its series count them too.
+            label = customerio_delivery.NAME if name == "to_customerio_audiences" else name
+            directions[label] = _sum_figures(directions.get(label), figures)
         stats: dict[str, Any] = {"directions": directions}
         memory = redis_health.memory_state(self.redis)
         if memory is not None:
@@ -410,6 +412,20 @@ def build_redis(settings: Settings) -> Any:
     import redis
 
     return redis.Redis.from_url(url, **options)
+
+
+def _sum_figures(known: dict[str, Any] | None, more: dict[str, Any]) -> dict[str, Any]:
+    """Two queues' figures as one: counts added, the oldest age and refusals the larger."""
+    if known is None:
+        return more
+    summed = {name: known.get(name, 0) + more.get(name, 0)
+              for name in ("length", "pending", "dead_letters")}
+    ages = [age for age in (known.get("oldest_age_seconds"), more.get("oldest_age_seconds"))
+            if age is not None]
+    summed["oldest_age_seconds"] = max(ages) if ages else None
+    summed["credentials_refused"] = max(known["credentials_refused"],
+                                        more["credentials_refused"])
+    return summed
 
 
 def _no_delivery(_body: str) -> str | None:

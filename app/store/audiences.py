@@ -10,7 +10,7 @@ answered again without being applied twice (and its changes, being no newer than
 ones applied, would change nothing anyway).
 
 The state lives ``membership_ttl_seconds`` after a person's last change: the longer, the
-more memory (docs/performance.md), the shorter, the sooner a person who changes nothing
+more memory (docs/audiences.md), the shorter, the sooner a person who changes nothing
 for that long is sent a ``SegmentMembership`` that forgets audiences they are still in.
 """
 

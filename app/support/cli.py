@@ -90,7 +90,7 @@ def check_command() -> None:
     """Test each direction's credentials (mParticle as Customer.io's "Connect" does)."""
     relay = services(current_app)
     problems = [_check_mparticle(relay)]
-    if relay.settings.to_customerio_enabled:
+    if relay.settings.to_customerio_enabled or relay.settings.audiences_enabled:
         problems.append(_check_customerio(relay))
     if any(problems):
         sys.exit(1)

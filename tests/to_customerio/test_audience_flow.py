@@ -177,3 +177,10 @@ def test_the_admin_api_shows_a_persons_audiences(make_app):
 
     assert found.status_code == 200 and found.get_json()["audiences"] == [12]
     assert missing.status_code == 404
+
+
+def test_the_audiences_queue_counts_under_to_customerio_on_metrics(app):
+    post(app, audience_message(1, customer_id="m1"), audience_message(2, customer_id="m2"))
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'cio_relay_queue_depth{direction="to_customerio"} 2.0' in text
+    assert "to_customerio_audiences" not in text
