@@ -1,4 +1,4 @@
-"""mParticle audiences through AWS Data Firehose -> Customer.io identifies (CONTRACT §7).
+"""mParticle audiences through AWS Data Firehose -> Customer.io identifies.
 
 Pure functions: no Flask, no Redis, no I/O. mParticle's Amazon Kinesis Firehose audience
 output puts one JSON message per membership change on a Firehose stream, which POSTs

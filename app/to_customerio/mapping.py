@@ -1,4 +1,4 @@
-"""mParticle batch -> Customer.io Track API v2 batch items (CONTRACT §6).
+"""mParticle batch -> Customer.io Track API v2 batch items.
 
 Pure functions: no Flask, no Redis, no I/O. What mParticle's own Customer.io integration
 does (shared/seeds 001, 002), as items of ``POST /api/v2/batch``:

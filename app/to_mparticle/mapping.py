@@ -1,4 +1,4 @@
-"""Customer.io reporting webhook -> mParticle custom event (CONTRACT §5).
+"""Customer.io reporting webhook -> mParticle custom event.
 
 Pure functions: no Flask, no Redis, no I/O, so every rule here is unit-tested.
 """
@@ -14,7 +14,7 @@ from typing import Any
 # mParticle see every re-sent event as new.
 EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://customer.io/reporting-webhooks/event_id")
 
-# Attributes copied from ``data`` when present, as CONTRACT §5 lists them.
+# Attributes copied from ``data`` when present (what the relay promises to send).
 COPIED_ATTRIBUTES = (
     "action_id", "broadcast_id", "campaign_id", "content_id", "delivery_id", "journey_id",
     "newsletter_id", "parent_action_id", "trigger_event_id", "recipient", "subject", "href",
