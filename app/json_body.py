@@ -1,6 +1,7 @@
 """Reading a webhook's JSON body and writing JSON answers: exactly Python's json, fast.
 
-Shared by every direction's webhook view (app-level, like errors and logs).
+Shared by every direction's webhook view (app-level, like errors and logs): the
+body read within a limit, its JSON read, the answer written.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import json
 from typing import Any
 
 import orjson
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 # Customer.io's webhooks nest four levels deep. JSON nested far deeper is junk, and one
 # nested near Python's recursion limit could be parsed here yet not by the worker (or
@@ -20,6 +23,27 @@ MAX_JSON_DEPTH = 64
 # took longer than json.loads itself).
 _ONLY_DIGITS = bytes(0x39 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_NUMBER = b"9" * 19
+
+
+class BodyTooLargeError(Exception):
+    """The body is over the route's limit; it was read no further."""
+
+
+def read_body(incoming: Request, limit: int) -> bytes:
+    """A webhook's raw body; BodyTooLargeError past ``limit`` (read no further), chunked or not.
+
+    Flask reads a streamed (chunked) body up to the request's maximum and stops there
+    without a word, so the maximum is one byte past the limit: a body cut at the limit
+    is never taken for the whole one.
+    """
+    incoming.max_content_length = limit + 1
+    try:
+        body = incoming.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise BodyTooLargeError(limit) from None
+    if len(body) > limit:
+        raise BodyTooLargeError(limit)
+    return body
 
 
 def too_deep(body: bytes, payload: Any) -> bool:

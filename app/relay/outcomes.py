@@ -15,9 +15,16 @@ either.
 
 from __future__ import annotations
 
+import email.utils
+import re
+import time
+from datetime import UTC
+
 # Enough of an error body for support to read the destination's explanation, small
 # enough for a log line.
 MAX_ERROR_BODY_CHARS = 2000
+
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only, as RFC 9110 says
 
 
 class DeliveryError(Exception):
@@ -67,3 +74,25 @@ class AuthError(DeliveryError):
         super().__init__(
             f"{destination} refused the credentials ({status})", status=status, body=body
         )
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Return the seconds a `Retry-After` header asks us to wait, or None if it says nothing usable.
+
+    The header is either delta-seconds (a non-negative integer) or an HTTP-date; a date in the
+    past means "now" (0.0). Anything else is ignored rather than trusted. Every destination's
+    client reads its header with this one rule.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no claim about local time (RFC 5322).
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)

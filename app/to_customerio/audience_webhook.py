@@ -19,7 +19,6 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flask import Blueprint, Request, Response, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import json_body
 from app.extension import services
@@ -153,15 +152,11 @@ def _authenticate(given: str | None, relay: Services) -> None:
 
 
 def _read_body(incoming: Request, limit: int) -> bytes:
-    """The raw body; 413 past ``limit`` (read no further), chunked or not."""
-    incoming.max_content_length = limit + 1  # see app/to_mparticle/webhook.py
+    """The raw body; 413 past ``limit`` (read no further)."""
     try:
-        body = incoming.get_data(cache=False)
-    except RequestEntityTooLarge:
+        return json_body.read_body(incoming, limit)
+    except json_body.BodyTooLargeError:
         _too_large(limit)
-    if len(body) > limit:
-        _too_large(limit)
-    return body
 
 
 def _too_large(limit: int) -> NoReturn:

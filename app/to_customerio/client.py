@@ -26,20 +26,21 @@ identify sets the same attributes again).
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import logging
-import re
-import time
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
 import requests
 
 from app.relay import outcomes
-from app.relay.outcomes import MAX_ERROR_BODY_CHARS, DeliveryError, RetryableError
+from app.relay.outcomes import (
+    MAX_ERROR_BODY_CHARS,
+    DeliveryError,
+    RetryableError,
+    parse_retry_after,
+)
 
 __all__ = [
     "AUTH_STATUSES",
@@ -72,7 +73,6 @@ MULTI_STATUS = 207
 REJECTED_STATUSES = frozenset({400, 413})
 AUTH_STATUSES = frozenset({401, 403})
 
-_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only, as RFC 9110 says
 
 
 class RejectedError(outcomes.RejectedError):
@@ -109,28 +109,6 @@ def region_base_url(region: str) -> str:
         allowed = ", ".join(REGION_BASE_URLS)
         raise ValueError(f"unknown Customer.io region {region!r}; allowed: {allowed}") from None
 
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Return the seconds a `Retry-After` header asks us to wait, or None if it says nothing usable.
-
-    The header is either delta-seconds (a non-negative integer) or an HTTP-date; a date in the
-    past means "now" (0.0). Anything else is ignored rather than trusted.
-    """
-    # The same rule as the other direction's client; a copy, since a direction never imports
-    # another (each may change its destination's reading on its own).
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" means UTC with no claim about local time (RFC 5322).
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def credential_id(site_id: str, api_key: str) -> str:

@@ -12,20 +12,21 @@ worker decides what to do (wait, split, stop) without knowing about `requests` o
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import logging
 import math
-import re
-import time
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Literal
 
 import requests
 
 from app.relay import outcomes
-from app.relay.outcomes import MAX_ERROR_BODY_CHARS, DeliveryError, RetryableError
+from app.relay.outcomes import (
+    MAX_ERROR_BODY_CHARS,
+    DeliveryError,
+    RetryableError,
+    parse_retry_after,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ AUTH_STATUSES = frozenset({401, 403})
 # An empty bulk: mParticle checks the credentials and has nothing to ingest.
 EMPTY_BULK = b"[]"
 
-_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only, as RFC 9110 says
 
 
 class RejectedError(outcomes.RejectedError):
@@ -77,26 +77,6 @@ def region_base_url(region: str) -> str:
         allowed = ", ".join(REGION_BASE_URLS)
         raise ValueError(f"unknown mParticle region {region!r}; allowed: {allowed}") from None
 
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Return the seconds a `Retry-After` header asks us to wait, or None if it says nothing usable.
-
-    The header is either delta-seconds (a non-negative integer) or an HTTP-date; a date in the
-    past means "now" (0.0). Anything else is ignored rather than trusted.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000" means UTC with no claim about local time (RFC 5322).
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def credential_id(api_key: str) -> str:

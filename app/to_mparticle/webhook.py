@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from flask import Blueprint, Request, Response, current_app, g, request
 from marshmallow import ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import json_body
 from app.errors import INTERNAL_ERROR, REDIS_FULL, REDIS_UNAVAILABLE
@@ -185,21 +184,11 @@ def _log_request(answer: Answer, request_id: str, started: float) -> None:
 
 
 def _read_body(incoming: Request, limit: int, relay: Services) -> bytes:
-    """The raw body; 413 past ``limit`` (read no further), chunked or not.
-
-    Flask reads a streamed (chunked) body up to the request's maximum and stops there
-    without a word, so the maximum is one byte past the limit: a body cut at the limit
-    is never taken for the whole one.
-    """
-    incoming.max_content_length = limit + 1
+    """The raw body; 413 past ``limit`` (read no further)."""
     try:
-        body = incoming.get_data(cache=False)
-    except RequestEntityTooLarge:
-        body = b""
+        return json_body.read_body(incoming, limit)
+    except json_body.BodyTooLargeError:
         _too_large(relay, limit)
-    if len(body) > limit:
-        _too_large(relay, limit)
-    return body
 
 
 def _too_large(relay: Services, limit: int) -> NoReturn:

@@ -24,17 +24,6 @@ local send_without_events = ARGV[5] == '1'
 local count = tonumber(ARGV[6])
 local clock_error = ARGV[7]
 
-local function best_effort(...)
-  local reply = redis.pcall(...)
-  if type(reply) == 'table' and reply.err then
-    if string.find(reply.err, '^OOM') then
-      return nil
-    end
-    return redis.error_reply(reply.err)
-  end
-  return reply
-end
-
 local now = tonumber(redis.call('TIME')[1])
 local generation = math.floor(now / span)
 local items = {}

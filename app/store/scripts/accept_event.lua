@@ -32,20 +32,6 @@ local last_mark = 1 + tonumber(ARGV[6])
 local check_first = ARGV[13] == '1'
 local first_field = ARGV[14]
 
--- A write the answer does not depend on (counting a copy, a suppressed event's own
--- mark): a full Redis (maxmemory, noeviction) refuses it with OOM, and the copy is
--- still answered. Any other error stops the script as redis.call would.
-local function best_effort(...)
-  local reply = redis.pcall(...)
-  if type(reply) == 'table' and reply.err then
-    if string.find(reply.err, '^OOM') then
-      return nil
-    end
-    return redis.error_reply(reply.err)
-  end
-  return reply
-end
-
 -- The delivery's flag for this type, read in every bucket (so the one that may be
 -- written has been read); false when there is none.
 local function first_occurrence()

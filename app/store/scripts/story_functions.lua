@@ -31,3 +31,17 @@ local function with_one_more_copy(story)
   local status, copies, rest = string.match(story, '^(%a)(%d*)(.*)$')
   return status .. ((tonumber(copies) or 0) + 1) .. rest
 end
+
+-- A write the answer does not depend on (counting a copy, a suppressed event's own
+-- mark): a full Redis (maxmemory, noeviction) refuses it with OOM, and the copy is
+-- still answered. Any other error stops the script as redis.call would.
+local function best_effort(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, '^OOM') then
+      return nil
+    end
+    return redis.error_reply(reply.err)
+  end
+  return reply
+end
